@@ -1,0 +1,461 @@
+//! Configuration (SPEC §7): one TOML file, every key optional, every key overridable by
+//! an `ATTRIB__SECTION__KEY` environment variable.
+//!
+//! Loading goes in two steps, as in ripgrep: the raw serde structs (`deny_unknown_fields`,
+//! defaults in their `Default` impls, the single place defaults live) are read with
+//! figment, then [`RawConfig::validate`] turns them into the checked [`Config`], failing
+//! with an error that names the key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{parse_rfc3339_ms, DecodeLimits};
+use crate::engine::plan::{CommissionPlan, Rule, DEFAULT_RULE_ID};
+use crate::engine::EngineConfig;
+use crate::model::{Millis, Model};
+
+/// A config that could not be loaded; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// `[attribution]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAttribution {
+    pub model: String,
+    pub click_window: String,
+    pub view_window: String,
+    pub half_life: String,
+    pub allow_self_attribution: bool,
+    pub surface: BTreeMap<String, RawSurface>,
+}
+
+impl Default for RawAttribution {
+    fn default() -> Self {
+        RawAttribution {
+            model: "last_touch".into(),
+            click_window: "7d".into(),
+            view_window: "1d".into(),
+            half_life: "1d".into(),
+            allow_self_attribution: false,
+            surface: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[attribution.surface.<name>]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSurface {
+    pub click_window: Option<String>,
+    pub view_window: Option<String>,
+}
+
+/// `[time]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTime {
+    pub max_out_of_orderness: String,
+    pub allowed_lateness: String,
+    pub idle_timeout: String,
+    pub max_future_skew: String,
+    pub refund_window: String,
+}
+
+impl Default for RawTime {
+    fn default() -> Self {
+        RawTime {
+            max_out_of_orderness: "5s".into(),
+            allowed_lateness: "1h".into(),
+            idle_timeout: "30s".into(),
+            max_future_skew: "1h".into(),
+            refund_window: "30d".into(),
+        }
+    }
+}
+
+/// `[commission]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCommission {
+    pub default_rate_bps: i64,
+    pub rules: Vec<RawRule>,
+}
+
+impl Default for RawCommission {
+    fn default() -> Self {
+        RawCommission { default_rate_bps: 1000, rules: Vec::new() }
+    }
+}
+
+/// `[[commission.rules]]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRule {
+    pub id: String,
+    pub product_id: Option<String>,
+    pub creator_id: Option<String>,
+    pub category: Option<String>,
+    pub rate_bps: i64,
+    pub valid_from: Option<String>,
+    pub valid_until: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_message_bytes: i64,
+    pub max_items_per_purchase: i64,
+    pub max_touches_per_user: i64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits { max_message_bytes: 1024 * 1024, max_items_per_purchase: 1000, max_touches_per_user: 10_000 }
+    }
+}
+
+/// `[kafka]`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKafka {
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
+    pub output_topic: String,
+    pub dlq_topic: String,
+    /// Passed to librdkafka as is (may hold secrets: never logged).
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for RawKafka {
+    fn default() -> Self {
+        RawKafka {
+            brokers: "localhost:9092".into(),
+            group_id: "attrib".into(),
+            input_topics: ["views", "clicks", "purchases", "refunds"].map(String::from).to_vec(),
+            output_topic: "commissions".into(),
+            dlq_topic: "attrib.dlq".into(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RawKafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawKafka")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("input_topics", &self.input_topics)
+            .field("output_topic", &self.output_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("client", &redacted(&self.client))
+            .finish()
+    }
+}
+
+/// Client settings with the values of anything secret-looking replaced.
+pub fn redacted(client: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    client
+        .iter()
+        .map(|(k, v)| {
+            let secret = ["password", "secret", "key", "token", "jaas", "credential"].iter().any(|s| k.contains(s));
+            (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
+        })
+        .collect()
+}
+
+/// The whole file, as read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub attribution: RawAttribution,
+    pub time: RawTime,
+    pub commission: RawCommission,
+    pub limits: RawLimits,
+    pub kafka: RawKafka,
+}
+
+/// The checked configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub limits: DecodeLimits,
+    pub idle_timeout: Duration,
+    pub max_future_skew: Millis,
+    pub kafka: RawKafka,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        RawConfig::default().validate().expect("defaults are valid")
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given) with `ATTRIB__*` environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(invalid("--config", format!("file {} not found", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("ATTRIB__") else { continue };
+            let path = rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+            // Parsed like figment's Env provider: numbers, booleans and [a, b] lists.
+            let value: figment::value::Value = value.parse().unwrap_or_else(|_| value.as_str().into());
+            fig = fig.merge(Serialized::default(&path, value));
+        }
+        let raw: RawConfig = fig.extract().map_err(Box::new)?;
+        raw.validate()
+    }
+
+    /// Parses TOML text (no environment), for tests and embedded defaults.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = Figment::from(Serialized::defaults(RawConfig::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        raw.validate()
+    }
+}
+
+fn duration(key: &str, text: &str) -> Result<Millis, ConfigError> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| invalid(key, format!("{text:?} is not a duration like 250ms, 5s, 30m, 1h or 7d ({e})")))?;
+    Millis::try_from(d.as_millis()).map_err(|_| invalid(key, "duration too large"))
+}
+
+fn positive(key: &str, v: i64) -> Result<usize, ConfigError> {
+    usize::try_from(v)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| invalid(key, format!("must be a positive integer, got {v}")))
+}
+
+fn rate(key: &str, v: i64) -> Result<u32, ConfigError> {
+    u32::try_from(v)
+        .ok()
+        .filter(|&r| r <= 10_000)
+        .ok_or_else(|| invalid(key, format!("must be 0..=10000 basis points, got {v}")))
+}
+
+fn selector(key: &str, v: &Option<String>) -> Result<Option<crate::model::Str>, ConfigError> {
+    match v {
+        Some(s) if s.is_empty() => Err(invalid(key, "must not be empty (leave it out to match everything)")),
+        Some(s) => Ok(Some(s.as_str().into())),
+        None => Ok(None),
+    }
+}
+
+fn instant(key: &str, v: &Option<String>) -> Result<Option<Millis>, ConfigError> {
+    v.as_deref()
+        .map(|s| parse_rfc3339_ms(s).ok_or_else(|| invalid(key, format!("{s:?} is not an RFC 3339 time"))))
+        .transpose()
+}
+
+impl RawConfig {
+    /// Checks every value and builds the [`Config`].
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let a = &self.attribution;
+        let model = Model::parse(&a.model).ok_or_else(|| {
+            invalid(
+                "attribution.model",
+                format!("{:?} is not one of last_touch, first_touch, linear, position_based, time_decay", a.model),
+            )
+        })?;
+        let half_life = duration("attribution.half_life", &a.half_life)?;
+        if half_life <= 0 {
+            return Err(invalid("attribution.half_life", "must be longer than 0"));
+        }
+        let mut surfaces = Vec::new();
+        for (name, s) in &a.surface {
+            let key = |k: &str| format!("attribution.surface.{name}.{k}");
+            let click = s.click_window.as_deref().map(|t| duration(&key("click_window"), t)).transpose()?;
+            let view = s.view_window.as_deref().map(|t| duration(&key("view_window"), t)).transpose()?;
+            surfaces.push((name.as_str().into(), click, view));
+        }
+        let t = &self.time;
+        let c = &self.commission;
+        let mut rules = Vec::new();
+        for (i, r) in c.rules.iter().enumerate() {
+            let key = |k: &str| format!("commission.rules[{i}].{k}");
+            if r.id.is_empty() {
+                return Err(invalid(key("id"), "every rule needs an id"));
+            }
+            if r.id == DEFAULT_RULE_ID || c.rules[..i].iter().any(|o| o.id == r.id) {
+                return Err(invalid(key("id"), format!("{:?} is reserved or used twice", r.id)));
+            }
+            let rule = Rule {
+                id: r.id.as_str().into(),
+                product_id: selector(&key("product_id"), &r.product_id)?,
+                creator_id: selector(&key("creator_id"), &r.creator_id)?,
+                category: selector(&key("category"), &r.category)?,
+                rate_bps: rate(&key("rate_bps"), r.rate_bps)?,
+                valid_from: instant(&key("valid_from"), &r.valid_from)?,
+                valid_until: instant(&key("valid_until"), &r.valid_until)?,
+            };
+            if let (Some(from), Some(until)) = (rule.valid_from, rule.valid_until) {
+                if from >= until {
+                    return Err(invalid(key("valid_until"), "must be after valid_from"));
+                }
+            }
+            rules.push(rule);
+        }
+        let l = &self.limits;
+        let engine = EngineConfig {
+            model,
+            click_window: duration("attribution.click_window", &a.click_window)?,
+            view_window: duration("attribution.view_window", &a.view_window)?,
+            half_life,
+            allow_self_attribution: a.allow_self_attribution,
+            surfaces,
+            max_out_of_orderness: duration("time.max_out_of_orderness", &t.max_out_of_orderness)?,
+            allowed_lateness: duration("time.allowed_lateness", &t.allowed_lateness)?,
+            refund_window: duration("time.refund_window", &t.refund_window)?,
+            max_touches_per_user: positive("limits.max_touches_per_user", l.max_touches_per_user)?,
+            plan: CommissionPlan::new(rate("commission.default_rate_bps", c.default_rate_bps)?, rules),
+        };
+        let idle_ms = duration("time.idle_timeout", &t.idle_timeout)?;
+        let k = &self.kafka;
+        if k.input_topics.is_empty() {
+            return Err(invalid("kafka.input_topics", "needs at least one topic"));
+        }
+        for (key, v) in [
+            ("kafka.brokers", &k.brokers),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.output_topic", &k.output_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+        ] {
+            if v.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        let mut kafka = k.clone();
+        // Environment variables cannot hold dots; librdkafka keys never hold underscores.
+        kafka.client = k.client.iter().map(|(key, v)| (key.replace('_', "."), v.clone())).collect();
+        Ok(Config {
+            engine,
+            limits: DecodeLimits {
+                max_message_bytes: positive("limits.max_message_bytes", l.max_message_bytes)?,
+                max_items: positive("limits.max_items_per_purchase", l.max_items_per_purchase)?,
+            },
+            idle_timeout: Duration::from_millis(idle_ms as u64),
+            max_future_skew: duration("time.max_future_skew", &t.max_future_skew)?,
+            kafka,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::default();
+        assert_eq!(c.engine, EngineConfig::default());
+        assert_eq!(c.kafka.input_topics, ["views", "clicks", "purchases", "refunds"]);
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_future_skew, 3_600_000);
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let c = Config::from_toml(
+            r#"
+            [attribution]
+            model = "time_decay"
+            click_window = "3d"
+            half_life = "12h"
+            [attribution.surface.live]
+            click_window = "30m"
+            [time]
+            allowed_lateness = "250ms"
+            [commission]
+            default_rate_bps = 500
+            [[commission.rules]]
+            id = "beauty-launch"
+            category = "beauty"
+            rate_bps = 1500
+            valid_from = "2026-11-01T00:00:00Z"
+            valid_until = "2026-12-01T00:00:00Z"
+            [kafka.client]
+            "security.protocol" = "SASL_SSL"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.engine.model, Model::TimeDecay);
+        assert_eq!(c.engine.click_window, 3 * 86_400_000);
+        assert_eq!(c.engine.half_life, 43_200_000);
+        assert_eq!(c.engine.surfaces, vec![("live".into(), Some(1_800_000), None)]);
+        assert_eq!(c.engine.allowed_lateness, 250);
+        assert_eq!(c.engine.plan.rate_for("p", "c", Some("beauty"), 1_764_400_000_000), (1500, "beauty-launch"));
+        assert_eq!(c.kafka.client["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("[attribution]\nmodel = \"u_shaped\"").contains("attribution.model"));
+        assert!(err("[time]\nallowed_lateness = \"soon\"").contains("time.allowed_lateness"));
+        assert!(err("[commission]\ndefault_rate_bps = 10001").contains("commission.default_rate_bps"));
+        assert!(err("[[commission.rules]]\nid = \"x\"\nrate_bps = -1").contains("commission.rules[0].rate_bps"));
+        assert!(err("[[commission.rules]]\nrate_bps = 1").contains("commission.rules[0].id"));
+        assert!(err("[limits]\nmax_touches_per_user = 0").contains("limits.max_touches_per_user"));
+        assert!(
+            err("[attribution.surface.live]\nclick_window = \"x\"").contains("attribution.surface.live.click_window")
+        );
+        let unknown = err("[attribution]\nmodle = \"linear\"");
+        assert!(unknown.contains("modle"), "{unknown}");
+        let unknown_section = err("[atribution]\nmodel = \"linear\"");
+        assert!(unknown_section.contains("atribution"), "{unknown_section}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attrib.toml");
+        std::fs::write(&path, "[attribution]\nmodel = \"linear\"\n[commission]\ndefault_rate_bps = 700\n").unwrap();
+        let env = vec![
+            ("ATTRIB__ATTRIBUTION__MODEL".to_string(), "first_touch".to_string()),
+            ("ATTRIB__KAFKA__CLIENT__SASL_PASSWORD".to_string(), "hunter2".to_string()),
+        ];
+        let c = Config::load_with_env(Some(&path), env).unwrap();
+        assert_eq!(c.engine.model, Model::FirstTouch);
+        assert_eq!(c.engine.plan.rate_for("p", "c", None, 0).0, 700);
+        assert_eq!(c.kafka.client["sasl.password"], "hunter2");
+        assert!(!format!("{:?}", c.kafka).contains("hunter2"), "secrets never in Debug output");
+        let bad = Config::load_with_env(Some(&path), vec![("ATTRIB__TIME__REFUND_WINDOW".into(), "forever".into())]);
+        assert!(bad.unwrap_err().to_string().contains("time.refund_window"));
+    }
+}

@@ -1,0 +1,24 @@
+//! # attrib
+//!
+//! Credits creators for the sales they drive: reads view, click, purchase and refund
+//! events, joins them by shopper in event-time state, decides which creator earned each
+//! sale and writes commission and reversal records, exactly once. The contract is
+//! `SPEC.md`; the README explains the rules in our own words.
+//!
+//! # Layout
+//!
+//! - [`model`]: event and record types (what comes in, what goes out).
+//! - [`codec`]: bytes to validated events (simd-json), records to JSON.
+//! - [`engine`]: the pure, synchronous attribution engine: touch state, watermarks,
+//!   attribution models, money, commission plan, order ledger. No I/O, no clock.
+//! - [`config`]: TOML + environment into a checked [`config::Config`].
+//! - [`replay`]: the local driver: JSONL files side by side through one engine.
+//! - [`gen`]: the seeded synthetic workload.
+//! - `main.rs`: the thin command line (`replay`, `gen`).
+
+pub mod codec;
+pub mod config;
+pub mod engine;
+pub mod gen;
+pub mod model;
+pub mod replay;

@@ -1,0 +1,3 @@
+//! Integration tests: one binary (as in ripgrep), one module per concern.
+
+mod golden;
