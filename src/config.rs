@@ -139,6 +139,24 @@ pub struct RawKafka {
     pub input_topics: Vec<String>,
     pub output_topic: String,
     pub dlq_topic: String,
+    /// Where snapshots and the order log live (one partition per input partition).
+    pub state_topic: String,
+    /// The transactional producer's id; give every worker its own, stable across restarts
+    /// (a restarted worker with the same id fences its previous incarnation at once).
+    /// Empty: `<group_id>-<hostname>`.
+    pub transactional_id: String,
+    /// How often records, state and input offsets are committed in one transaction.
+    pub commit_interval: String,
+    /// How often a partition group's whole state is snapshotted (recovery replays at most
+    /// this much input).
+    pub snapshot_interval: String,
+    pub transaction_timeout: String,
+    pub session_timeout: String,
+    /// Event-time alignment: an input partition more than this ahead of its group's
+    /// watermark is paused until the others catch up.
+    pub read_ahead: String,
+    /// Upper bound for a graceful shutdown (SIGTERM/SIGINT).
+    pub shutdown_timeout: String,
     /// Passed to librdkafka as is (may hold secrets: never logged).
     pub client: BTreeMap<String, String>,
 }
@@ -151,6 +169,14 @@ impl Default for RawKafka {
             input_topics: ["views", "clicks", "purchases", "refunds"].map(String::from).to_vec(),
             output_topic: "commissions".into(),
             dlq_topic: "attrib.dlq".into(),
+            state_topic: "attrib.state".into(),
+            transactional_id: String::new(),
+            commit_interval: "200ms".into(),
+            snapshot_interval: "30s".into(),
+            transaction_timeout: "60s".into(),
+            session_timeout: "10s".into(),
+            read_ahead: "30s".into(),
+            shutdown_timeout: "10s".into(),
             client: BTreeMap::new(),
         }
     }
@@ -164,6 +190,10 @@ impl std::fmt::Debug for RawKafka {
             .field("input_topics", &self.input_topics)
             .field("output_topic", &self.output_topic)
             .field("dlq_topic", &self.dlq_topic)
+            .field("state_topic", &self.state_topic)
+            .field("transactional_id", &self.transactional_id)
+            .field("commit_interval", &self.commit_interval)
+            .field("snapshot_interval", &self.snapshot_interval)
             .field("client", &redacted(&self.client))
             .finish()
     }
@@ -199,6 +229,13 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub max_future_skew: Millis,
     pub kafka: RawKafka,
+    pub commit_interval: Duration,
+    pub snapshot_interval: Duration,
+    pub transaction_timeout: Duration,
+    pub session_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    /// See `kafka.read_ahead`.
+    pub read_ahead: Millis,
 }
 
 impl Default for Config {
@@ -357,7 +394,25 @@ impl RawConfig {
                 return Err(invalid(key, "must not be empty"));
             }
         }
+        let ms = |key: &str, text: &str| -> Result<Duration, ConfigError> {
+            let d = duration(key, text)?;
+            if d <= 0 {
+                return Err(invalid(key, "must be longer than 0"));
+            }
+            Ok(Duration::from_millis(d as u64))
+        };
+        let transaction_timeout = ms("kafka.transaction_timeout", &k.transaction_timeout)?;
+        if transaction_timeout > Duration::from_secs(900) {
+            return Err(invalid("kafka.transaction_timeout", "must be at most 15m (the broker's default maximum)"));
+        }
         let mut kafka = k.clone();
+        if kafka.transactional_id.is_empty() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "localhost".into());
+            kafka.transactional_id = format!("{}-{}", k.group_id, host.trim());
+        }
         // Environment variables cannot hold dots; librdkafka keys never hold underscores.
         kafka.client = k.client.iter().map(|(key, v)| (key.replace('_', "."), v.clone())).collect();
         Ok(Config {
@@ -369,6 +424,12 @@ impl RawConfig {
             idle_timeout: Duration::from_millis(idle_ms as u64),
             max_future_skew: duration("time.max_future_skew", &t.max_future_skew)?,
             kafka,
+            commit_interval: ms("kafka.commit_interval", &k.commit_interval)?,
+            snapshot_interval: ms("kafka.snapshot_interval", &k.snapshot_interval)?,
+            transaction_timeout,
+            session_timeout: ms("kafka.session_timeout", &k.session_timeout)?,
+            shutdown_timeout: ms("kafka.shutdown_timeout", &k.shutdown_timeout)?,
+            read_ahead: duration("kafka.read_ahead", &k.read_ahead)?,
         })
     }
 }
@@ -420,7 +481,7 @@ mod tests {
         assert_eq!(c.engine.half_life, 43_200_000);
         assert_eq!(c.engine.surfaces, vec![("live".into(), Some(1_800_000), None)]);
         assert_eq!(c.engine.allowed_lateness, 250);
-        assert_eq!(c.engine.plan.rate_for("p", "c", Some("beauty"), 1_764_400_000_000), (1500, "beauty-launch"));
+        assert_eq!(c.engine.plan.rate_for("p", "c", Some("beauty"), 1_795_000_000_000), (1500, "beauty-launch"));
         assert_eq!(c.kafka.client["security.protocol"], "SASL_SSL");
     }
 

@@ -14,7 +14,9 @@
 //! - [`config`]: TOML + environment into a checked [`config::Config`].
 //! - [`replay`]: the local driver: JSONL files side by side through one engine.
 //! - [`gen`]: the seeded synthetic workload.
-//! - `main.rs`: the thin command line (`replay`, `gen`).
+//! - [`worker`]: the Kafka streaming worker (`attrib run`): consumer group, transactions,
+//!   state rebuilt from snapshots and an order log; and `attrib produce`.
+//! - `main.rs`: the thin command line (`replay`, `gen`, `run`, `produce`).
 
 pub mod codec;
 pub mod config;
@@ -22,3 +24,4 @@ pub mod engine;
 pub mod gen;
 pub mod model;
 pub mod replay;
+pub mod worker;

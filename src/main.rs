@@ -3,6 +3,8 @@
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -25,6 +27,34 @@ enum Command {
     Replay(ReplayArgs),
     /// Write a seeded synthetic workload as JSONL.
     Gen(GenArgs),
+    /// Run the streaming worker against Kafka (exactly once) until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Load JSONL files into the input topics (topic by event type, key user_id).
+    Produce(ProduceArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Config file (TOML); ATTRIB__SECTION__KEY variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Config file (TOML): kafka.brokers, kafka.input_topics, kafka.client.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// After the files, write one view per input partition a minute of event time past
+    /// the last event, so the worker's watermark passes everything sent.
+    #[arg(long)]
+    flush_marker: bool,
+    /// JSONL files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -98,7 +128,42 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Replay(args) => replay(args),
         Command::Gen(args) => gen(args),
+        Command::Run(args) => run_worker(args),
+        Command::Produce(args) => produce(args),
     }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run_worker(args: RunArgs) -> Result<()> {
+    init_logging(args.log_json);
+    let config = Config::load(args.config.as_deref())?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shutdown.clone()).context("installing signal handlers")?;
+    }
+    attrib::worker::run(config, shutdown)?;
+    Ok(())
+}
+
+fn produce(args: ProduceArgs) -> Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    let sent = attrib::worker::produce::produce(&config, &args.files, args.flush_marker)?;
+    for (topic, n) in config.kafka.input_topics.iter().zip(&sent.per_topic) {
+        eprintln!("{topic}: {n} messages");
+    }
+    if sent.markers > 0 {
+        eprintln!("flush markers: {}", sent.markers);
+    }
+    Ok(())
 }
 
 fn replay(args: ReplayArgs) -> Result<()> {

@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(decay_weight(DAY, DAY), 500_000_000);
         assert_eq!(decay_weight(7 * DAY, DAY), 7_812_500);
         assert_eq!(decay_weight(DAY / 2, DAY), 707_106_781); // 1e9 / sqrt(2) = 707106781.19
-        assert_eq!(decay_weight(40 * DAY, DAY), 1); // 0.909
-        assert_eq!(decay_weight(41 * DAY, DAY), 0); // 0.45
+        assert_eq!(decay_weight(30 * DAY, DAY), 1); // 0.93
+        assert_eq!(decay_weight(31 * DAY, DAY), 0); // 0.47
     }
 }

@@ -48,32 +48,50 @@ pub enum RefundOutcome {
 }
 
 /// Final purchases by order id.
+///
+/// An order is remembered for `horizon` (refund window + allowed lateness) of event time
+/// after its purchase. Whether an order is known is decided by that age alone, never by
+/// whether eviction has run yet, so the answer does not depend on arrival order.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Ledger {
+    horizon: Millis,
     orders: HashMap<Str, Order, ahash::RandomState>,
     expiry: BinaryHeap<Reverse<(Millis, Str)>>,
 }
 
 impl Ledger {
-    /// A purchase with this order id is already final.
-    pub fn contains(&self, order_id: &str) -> bool {
-        self.orders.contains_key(order_id)
+    /// An empty ledger remembering orders for `horizon` after their purchase.
+    pub fn new(horizon: Millis) -> Ledger {
+        Ledger { horizon, ..Ledger::default() }
     }
 
-    /// Remembers a final purchase.
+    fn known(&self, order_id: &str, ts: Millis) -> Option<&Order> {
+        self.orders.get(order_id).filter(|o| ts.saturating_sub(o.purchase_ts) <= self.horizon)
+    }
+
+    /// A purchase at `ts` with this order id repeats a final purchase still remembered.
+    pub fn is_duplicate(&self, order_id: &str, ts: Millis) -> bool {
+        self.known(order_id, ts).is_some()
+    }
+
+    /// Remembers a final purchase (replacing a forgotten one with the same id).
     pub fn insert(&mut self, order_id: Str, order: Order) {
         self.expiry.push(Reverse((order.purchase_ts, order_id.clone())));
         self.orders.insert(order_id, order);
     }
 
-    /// Forgets orders bought before `bound`.
+    /// Drops orders bought before `bound`; callers pass a bound past which no future
+    /// lookup can still see them.
     pub fn expire_before(&mut self, bound: Millis) {
         while let Some(Reverse((ts, _))) = self.expiry.peek() {
             if *ts >= bound {
                 break;
             }
-            if let Some(Reverse((_, order_id))) = self.expiry.pop() {
-                self.orders.remove(&order_id);
+            if let Some(Reverse((ts, order_id))) = self.expiry.pop() {
+                // The id may have been reused by a later purchase: keep that one.
+                if self.orders.get(&order_id).is_some_and(|o| o.purchase_ts == ts) {
+                    self.orders.remove(&order_id);
+                }
             }
         }
     }
@@ -103,6 +121,9 @@ impl Ledger {
         refund_window: Millis,
         mut emit: impl FnMut(Record),
     ) -> RefundOutcome {
+        if self.known(order_id, refund_ts).is_none() {
+            return RefundOutcome::UnknownOrder;
+        }
         let Some(order) = self.orders.get_mut(order_id) else { return RefundOutcome::UnknownOrder };
         let Some(lines) = order.lines.as_mut() else { return RefundOutcome::UnattributedOrder };
         if refund_ts > order.purchase_ts.saturating_add(refund_window) {

@@ -18,14 +18,14 @@ pub mod state;
 pub mod watermark;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 
 use compact_str::format_compact;
 use serde::{Deserialize, Serialize};
 
 use self::ledger::{Credit, Ledger, Line, Order, RefundOutcome};
 use self::plan::CommissionPlan;
-use self::state::{Inserted, StoredTouch, TouchStore, STOREFRONT};
+use self::state::{id_hash, Inserted, StoredTouch, TouchStore, STOREFRONT};
 use crate::model::{
     Currency, DeadLetterReason, Event, EventType, Item, Millis, Model, Purchase, Record, RecordKind, Refund, Str,
     TouchKind,
@@ -220,9 +220,9 @@ pub struct Engine {
     watermark: Millis,
     touches: TouchStore,
     pending: BTreeMap<(Millis, Str), (Final, u64)>,
-    /// Event ids of purchases and refunds seen, until they are too late to repeat.
-    seen_ids: HashMap<Str, Millis, ahash::RandomState>,
-    seen_expiry: BinaryHeap<Reverse<(Millis, Str)>>,
+    /// Event id hashes of purchases and refunds seen, until they are too late to repeat.
+    seen_ids: HashSet<u128, ahash::RandomState>,
+    seen_expiry: BinaryHeap<Reverse<(Millis, u128)>>,
     ledger: Ledger,
     stats: Stats,
 }
@@ -231,6 +231,7 @@ impl Engine {
     /// An empty engine.
     pub fn new(cfg: EngineConfig) -> Engine {
         let windows = cfg.window_table();
+        let ledger = Ledger::new(cfg.refund_window.saturating_add(cfg.allowed_lateness));
         let touch_retention = cfg.max_window().saturating_add(cfg.allowed_lateness);
         Engine {
             cfg,
@@ -239,9 +240,9 @@ impl Engine {
             watermark: Millis::MIN,
             touches: TouchStore::default(),
             pending: BTreeMap::new(),
-            seen_ids: HashMap::default(),
+            seen_ids: HashSet::default(),
             seen_expiry: BinaryHeap::new(),
-            ledger: Ledger::default(),
+            ledger,
             stats: Stats::default(),
         }
     }
@@ -296,6 +297,8 @@ impl Engine {
             Event::Touch(touch) => {
                 if ts < self.watermark.saturating_sub(self.touch_retention) {
                     Outcome::TooLate
+                } else if self.seen_ids.contains(&id_hash(&touch.event_id)) {
+                    Outcome::Duplicate
                 } else {
                     let surface = self.surface_index(touch.surface.as_deref());
                     match self.touches.insert(touch, surface, self.cfg.max_touches_per_user) {
@@ -311,16 +314,17 @@ impl Engine {
             Event::Purchase(_) | Event::Refund(_) => {
                 if ts < self.watermark.saturating_sub(self.cfg.allowed_lateness) {
                     Outcome::TooLate
-                } else if self.seen_ids.contains_key(event.event_id()) {
+                } else if self.is_seen(id_hash(event.event_id())) {
                     Outcome::Duplicate
                 } else {
+                    let hash = id_hash(event.event_id());
                     let (id, fin) = match event {
                         Event::Purchase(p) => (p.event_id.clone(), Final::Purchase(p)),
                         Event::Refund(r) => (r.event_id.clone(), Final::Refund(r)),
                         Event::Touch(_) => unreachable!("matched above"),
                     };
-                    self.seen_ids.insert(id.clone(), ts);
-                    self.seen_expiry.push(Reverse((ts, id.clone())));
+                    self.seen_ids.insert(hash);
+                    self.seen_expiry.push(Reverse((ts, hash)));
                     if late {
                         // Behind the watermark: final on arrival.
                         self.finalize(fin, tag, out);
@@ -367,7 +371,10 @@ impl Engine {
                 self.seen_ids.remove(&id);
             }
         }
-        self.ledger.expire_before(id_bound.saturating_sub(self.cfg.refund_window));
+        // Purchases and refunds still to come have ts >= id_bound; orders older than the
+        // ledger's horizon before that can never be looked up again.
+        let horizon = self.cfg.refund_window.saturating_add(self.cfg.allowed_lateness);
+        self.ledger.expire_before(id_bound.saturating_sub(horizon));
     }
 
     /// End of input: every pending event becomes final, in `(ts, event_id)` order.
@@ -375,6 +382,11 @@ impl Engine {
         while let Some((_, (fin, tag))) = self.pending.pop_first() {
             self.finalize(fin, tag, out);
         }
+    }
+
+    /// Any stored event (touch, purchase or refund) has this event id hash.
+    fn is_seen(&self, hash: u128) -> bool {
+        self.seen_ids.contains(&hash) || self.touches.contains_id(hash)
     }
 
     fn surface_index(&self, surface: Option<&str>) -> u16 {
@@ -389,7 +401,7 @@ impl Engine {
     }
 
     fn finalize_purchase(&mut self, p: Purchase, tag: u64, out: &mut impl Output) {
-        if self.ledger.contains(&p.order_id) {
+        if self.ledger.is_duplicate(&p.order_id, p.ts) {
             self.stats.of(EventType::Purchase).duplicate_order += 1;
             return;
         }

@@ -4,7 +4,7 @@
 //! window override, so a stored touch is its time, its event id and a few small integers.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,12 @@ use crate::model::{Millis, Str, Touch, TouchKind};
 pub const STOREFRONT: u32 = u32::MAX;
 
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+
+/// A 128-bit hash of an event id: the key of duplicate detection. Stable across runs
+/// (snapshots keep it) and wide enough that two different ids never meet in practice.
+pub fn id_hash(event_id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
+}
 
 /// A touch as kept in state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +95,7 @@ struct UserTouches {
 pub enum Inserted {
     /// Stored; `evicted` touches of this shopper were dropped to respect the cap.
     Stored { evicted: usize },
-    /// Already stored: same shopper, time and event id.
+    /// A touch with this event id is already stored.
     Duplicate,
 }
 
@@ -102,6 +108,8 @@ pub struct TouchStore {
     expiry: BinaryHeap<Reverse<(Millis, Str)>>,
     pub creators: Interner,
     pub products: Interner,
+    /// Hashes of the stored touches' event ids.
+    ids: HashSet<u128, ahash::RandomState>,
     live: usize,
 }
 
@@ -109,6 +117,9 @@ impl TouchStore {
     /// Stores a touch in its shopper's list, keeping at most `cap` touches per shopper
     /// (the oldest go first).
     pub fn insert(&mut self, touch: Touch, surface: u16, cap: usize) -> Inserted {
+        if !self.ids.insert(id_hash(&touch.event_id)) {
+            return Inserted::Duplicate;
+        }
         if !self.users.contains_key(touch.user_id.as_str()) {
             let fresh = UserTouches { touches: VecDeque::new(), queued_at: Millis::MAX };
             self.users.insert(touch.user_id.clone(), fresh);
@@ -119,10 +130,8 @@ impl TouchStore {
         let pos = match user.touches.back() {
             Some(last) if last.key() < key => user.touches.len(),
             None => 0,
-            _ => match user.touches.binary_search_by(|t| t.key().cmp(&key)) {
-                Ok(_) => return Inserted::Duplicate,
-                Err(pos) => pos,
-            },
+            // Event ids are unique (checked above), so the key is never found.
+            _ => user.touches.partition_point(|t| t.key() < key),
         };
         let stored = StoredTouch {
             ts: touch.ts,
@@ -137,7 +146,9 @@ impl TouchStore {
         self.live += 1;
         let mut evicted = 0;
         while user.touches.len() > cap {
-            user.touches.pop_front();
+            if let Some(old) = user.touches.pop_front() {
+                self.ids.remove(&id_hash(&old.event_id));
+            }
             evicted += 1;
         }
         self.live -= evicted;
@@ -148,6 +159,11 @@ impl TouchStore {
             }
         }
         Inserted::Stored { evicted }
+    }
+
+    /// A stored touch has this event id hash.
+    pub fn contains_id(&self, hash: u128) -> bool {
+        self.ids.contains(&hash)
     }
 
     /// The shopper's touches in `(ts, event_id)` order.
@@ -168,7 +184,9 @@ impl TouchStore {
                 continue; // stale entry; the user is queued under another time
             }
             let keep_from = user.touches.partition_point(|t| t.ts < bound);
-            user.touches.drain(..keep_from);
+            for old in user.touches.drain(..keep_from) {
+                self.ids.remove(&id_hash(&old.event_id));
+            }
             dropped += keep_from;
             match user.touches.front() {
                 None => {
@@ -222,6 +240,9 @@ mod tests {
         assert_eq!(s.insert(click("a", 10, "u"), 0, 10), Inserted::Stored { evicted: 0 });
         assert_eq!(s.insert(click("a2", 20, "u"), 0, 10), Inserted::Stored { evicted: 0 });
         assert_eq!(s.insert(click("a", 10, "u"), 0, 10), Inserted::Duplicate);
+        // The same id at another time or for another shopper is still a duplicate.
+        assert_eq!(s.insert(click("a", 99, "u"), 0, 10), Inserted::Duplicate);
+        assert_eq!(s.insert(click("b", 20, "u2"), 0, 10), Inserted::Duplicate);
         assert_eq!(ids(&s, "u"), ["a", "a2", "b"]);
         assert_eq!(s.live(), 3);
     }
@@ -250,5 +271,7 @@ mod tests {
         assert_eq!(s.expire_before(31), 1);
         assert_eq!(s.shoppers(), 0);
         assert_eq!(s.live(), 0);
+        // Expired ids are forgotten: the same id may be stored again.
+        assert_eq!(s.insert(click("a", 40, "u1"), 0, 10), Inserted::Stored { evicted: 0 });
     }
 }

@@ -1,3 +1,6 @@
 //! Integration tests: one binary (as in ripgrep), one module per concern.
 
+mod checkpoint;
 mod golden;
+mod model_check;
+mod properties;

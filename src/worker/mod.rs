@@ -1,0 +1,713 @@
+//! The streaming worker (`attrib run`): a thin, careful shell around the engine.
+//!
+//! - **Consumer group** over the input topics with the `range` assignor, so partition `p`
+//!   of every input topic lands on the same worker (inputs are co-partitioned by
+//!   `user_id`). Each partition number is a [`task::Task`] with its own engine and
+//!   watermark; an input partition silent for `idle_timeout` stops holding it back.
+//! - **Exactly once**: records, dead letters, the state topic's order log (and now and
+//!   then a snapshot) and the input offsets are written in one Kafka transaction every
+//!   `commit_interval`. Consumers of the output read `read_committed`.
+//! - **State after a restart or a rebalance** is rebuilt from the state topic: the latest
+//!   snapshot, then the logged steps replayed over the inputs up to the committed offsets
+//!   (see [`state`]). The engine is deterministic, so the rebuilt state is exactly the
+//!   state at the last commit.
+//! - Any transaction failure that is not fatal aborts, throws away all in-memory state
+//!   and rebuilds it from Kafka; a fatal one (fenced producer) exits non-zero.
+
+pub mod produce;
+pub mod state;
+pub mod task;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+
+use self::state::{snapshot_chunks, CommitMeta, RestoreContext, StateMsg};
+use self::task::{Task, TaskOutput, TaskSettings};
+use crate::codec::{encode_record, Decoder};
+use crate::config::Config;
+use crate::model::{DeadLetter, Record};
+
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("kafka: {context}: {source}")]
+    Kafka { context: &'static str, source: KafkaError },
+    #[error("restore: {0}")]
+    Restore(String),
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+impl WorkerError {
+    /// Wraps a Kafka error with what was being done.
+    pub fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> WorkerError {
+        move |source| WorkerError::Kafka { context, source }
+    }
+
+    /// The producer was fenced or hit another error no retry can fix.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            WorkerError::Kafka { source, .. } => is_fatal(source),
+            _ => true,
+        }
+    }
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => t.is_fatal(),
+        other => matches!(
+            other.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        ),
+    }
+}
+
+/// Base librdkafka settings shared by every client, then the user's `[kafka.client]`.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers);
+    c
+}
+
+fn with_user_settings(mut c: ClientConfig, config: &Config) -> ClientConfig {
+    for (k, v) in &config.kafka.client {
+        c.set(k, v);
+    }
+    c
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Delivery reports: the offsets of snapshot starts and any failure.
+#[derive(Default)]
+struct ProducerCtx {
+    /// Partition group → offset of the first chunk of the snapshot just written.
+    snapshot_offsets: Mutex<HashMap<i32, i64>>,
+    failures: Mutex<Vec<String>>,
+}
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    /// 0: nothing to note; `p + 1`: the first chunk of partition group `p`'s snapshot.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        match result {
+            Ok(m) if tag > 0 => {
+                self.snapshot_offsets.lock().expect("not poisoned").insert(tag as i32 - 1, m.offset());
+            }
+            Ok(_) => {}
+            Err((e, _)) => self.failures.lock().expect("not poisoned").push(e.to_string()),
+        }
+    }
+}
+
+/// Everything the poll loop and the rebalance callbacks share.
+struct Core {
+    config: Config,
+    inputs: Vec<String>,
+    producer: BaseProducer<ProducerCtx>,
+    restore_consumer: BaseConsumer,
+    decoder: Decoder,
+    tasks: HashMap<i32, Task>,
+    /// Last message time per (group, input), for idleness.
+    last_seen: HashMap<(i32, u8), Instant>,
+    /// Assigned partition groups not yet restored.
+    unrestored: BTreeSet<i32>,
+    /// Input partitions paused because they ran ahead of their group's watermark.
+    paused: BTreeSet<(i32, u8)>,
+    in_txn: bool,
+    last_commit: Instant,
+    last_snapshot: HashMap<i32, Instant>,
+    records: u64,
+    fatal: Option<WorkerError>,
+}
+
+/// The consumer's context: hands rebalances to the core.
+struct ConsumerCtx {
+    core: Arc<Mutex<Core>>,
+}
+
+impl ClientContext for ConsumerCtx {}
+
+impl ConsumerContext for ConsumerCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut core = self.core.lock().expect("not poisoned");
+            info!(partitions = tpl.count(), "partitions revoked: committing and handing over");
+            if let Err(e) = core.commit(consumer, true) {
+                warn!(error = %e, "commit before revocation failed; the next owner redoes the uncommitted part");
+                if e.is_fatal() {
+                    core.fatal = Some(e);
+                } else {
+                    core.abort();
+                }
+            }
+            core.tasks.clear();
+            core.unrestored.clear();
+            core.last_seen.clear();
+            core.paused.clear();
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut core = self.core.lock().expect("not poisoned");
+                let groups: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!(groups = ?groups, "partitions assigned");
+                core.unrestored.extend(groups);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => error!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Records and dead letters of live processing go straight to the producer.
+struct LiveOut<'a> {
+    producer: &'a BaseProducer<ProducerCtx>,
+    output_topic: &'a str,
+    dlq_topic: &'a str,
+    buf: Vec<u8>,
+    records: u64,
+}
+
+impl LiveOut<'_> {
+    fn send(&mut self, topic: &str, key: &[u8], payload: Vec<u8>) {
+        let mut record = BaseRecord::with_opaque_to(topic, 0usize).key(key).payload(&payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    // Caught again at commit: the transaction then aborts and state is rebuilt.
+                    self.producer.context().failures.lock().expect("not poisoned").push(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl TaskOutput for LiveOut<'_> {
+    fn record(&mut self, record: Record, _tag: u64) {
+        self.buf.clear();
+        encode_record(&record, &mut self.buf);
+        self.buf.pop(); // no newline in a Kafka value
+        let payload = std::mem::take(&mut self.buf);
+        let (topic, key) = (self.output_topic.to_string(), record.creator_id.clone());
+        self.send(&topic, key.as_bytes(), payload);
+        self.records += 1;
+    }
+
+    fn dead_letter(&mut self, dead_letter: DeadLetter) {
+        let payload = serde_json::to_vec(&dead_letter).expect("dead letters serialise");
+        let topic = self.dlq_topic.to_string();
+        self.send(&topic, b"", payload);
+    }
+}
+
+impl Core {
+    fn settings(&self) -> TaskSettings {
+        TaskSettings { max_future_skew: self.config.max_future_skew }
+    }
+
+    fn ensure_txn(&mut self) -> Result<(), WorkerError> {
+        if !self.in_txn {
+            self.producer.begin_transaction().map_err(WorkerError::kafka("beginning a transaction"))?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every assigned partition group that is not yet restored.
+    fn restore_pending(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<(), WorkerError> {
+        while let Some(p) = self.unrestored.pop_first() {
+            let started = Instant::now();
+            let timeout = self.config.transaction_timeout.max(Duration::from_secs(60));
+            let committed = state::committed(consumer, &self.inputs, p, timeout)?;
+            let settings = self.settings();
+            let mut ctx = RestoreContext {
+                consumer: &self.restore_consumer,
+                inputs: &self.inputs,
+                state_topic: &self.config.kafka.state_topic,
+                engine: &self.config.engine,
+                max_out_of_orderness: self.config.engine.max_out_of_orderness,
+                settings,
+                decoder: &mut self.decoder,
+                timeout: Duration::from_secs(300),
+            };
+            let task = ctx.restore(p, &committed)?;
+            info!(
+                group = p,
+                events = task.state.engine.stats().events_in,
+                touches = task.state.engine.live_touches(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "partition group restored"
+            );
+            for i in 0..self.inputs.len() {
+                self.last_seen.insert((p, i as u8), Instant::now());
+            }
+            self.last_snapshot.insert(p, Instant::now());
+            self.tasks.insert(p, task);
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, consumer: &BaseConsumer<ConsumerCtx>, msg: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
+        let Some(input) = self.inputs.iter().position(|t| t == msg.topic()) else { return Ok(()) };
+        let p = msg.partition();
+        if !self.tasks.contains_key(&p) {
+            self.unrestored.insert(p);
+            self.restore_pending(consumer)?;
+        }
+        self.ensure_txn()?;
+        let Core { tasks, producer, config, decoder, last_seen, records, .. } = self;
+        let task = tasks.get_mut(&p).expect("restored above");
+        if task.state.positions[input].is_some_and(|pos| msg.offset() < pos) {
+            return Ok(()); // already in the state (a re-delivery after a seek)
+        }
+        let mut out = LiveOut {
+            producer,
+            output_topic: &config.kafka.output_topic,
+            dlq_topic: &config.kafka.dlq_topic,
+            buf: Vec::with_capacity(1024),
+            records: 0,
+        };
+        // Whole seconds: consecutive messages share a log step.
+        let now = now_ms() / 1000 * 1000;
+        task.on_message(
+            input as u8,
+            msg.topic(),
+            msg.offset(),
+            msg.payload().unwrap_or_default(),
+            now,
+            0,
+            decoder,
+            &mut out,
+        );
+        *records += out.records;
+        last_seen.insert((p, input as u8), Instant::now());
+        Ok(())
+    }
+
+    /// Event-time alignment: pauses an input partition whose events run more than
+    /// `read_ahead` past its group's watermark, resumes it when the others catch up. A
+    /// partition that is slow to deliver (a backlog, a large message) then cannot let the
+    /// others race ahead; without this, per-shopper touch caps and state size would depend
+    /// on fetch timing. Replay reads files the same way (the one furthest behind first).
+    fn align(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<(), WorkerError> {
+        let read_ahead = self.config.read_ahead;
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for (p, task) in &self.tasks {
+            let w = task.state.watermarks.current();
+            for (i, topic) in self.inputs.iter().enumerate() {
+                let key = (*p, i as u8);
+                let ahead = w.is_some_and(|w| task.state.watermarks.max_ts(i) > w.saturating_add(read_ahead));
+                if ahead && !self.paused.contains(&key) {
+                    pause.add_partition(topic, *p);
+                    self.paused.insert(key);
+                } else if !ahead && self.paused.remove(&key) {
+                    resume.add_partition(topic, *p);
+                }
+            }
+        }
+        if pause.count() > 0 {
+            consumer.pause(&pause).map_err(WorkerError::kafka("pausing partitions ahead in event time"))?;
+        }
+        if resume.count() > 0 {
+            consumer.resume(&resume).map_err(WorkerError::kafka("resuming partitions"))?;
+        }
+        Ok(())
+    }
+
+    /// Marks inputs idle that showed nothing for `idle_timeout` *and* have nothing left
+    /// to read: a partition that is merely behind (a backlog after a restart, a slow
+    /// fetch) is not idle, or the watermark would overtake its events.
+    fn check_idle(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<(), WorkerError> {
+        let idle_timeout = self.config.idle_timeout;
+        let candidates: Vec<(i32, u8)> = self
+            .last_seen
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= idle_timeout)
+            .map(|(k, _)| *k)
+            .filter(|(p, i)| self.tasks.get(p).is_some_and(|t| !t.state.watermarks.is_idle(usize::from(*i))))
+            .collect();
+        let mut due = Vec::new();
+        for (p, i) in candidates {
+            let topic = &self.inputs[usize::from(i)];
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map_err(WorkerError::kafka("reading watermarks for the idle check"))?;
+            let pending = match self.tasks.get(&p).and_then(|t| t.state.positions[usize::from(i)]) {
+                Some(pos) => pos < high,
+                None => high > low,
+            };
+            if pending {
+                self.last_seen.insert((p, i), Instant::now());
+            } else {
+                due.push((p, i));
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.ensure_txn()?;
+        let Core { tasks, producer, config, records, .. } = self;
+        for (p, i) in due {
+            let mut out = LiveOut {
+                producer,
+                output_topic: &config.kafka.output_topic,
+                dlq_topic: &config.kafka.dlq_topic,
+                buf: Vec::new(),
+                records: 0,
+            };
+            if let Some(task) = tasks.get_mut(&p) {
+                task.set_idle(i, &mut out);
+            }
+            *records += out.records;
+        }
+        Ok(())
+    }
+
+    /// Writes the order log (and due snapshots) and commits records + offsets atomically.
+    fn commit(&mut self, consumer: &BaseConsumer<ConsumerCtx>, force_snapshot: bool) -> Result<(), WorkerError> {
+        if !self.in_txn {
+            self.last_commit = Instant::now();
+            return Ok(());
+        }
+        let state_topic = self.config.kafka.state_topic.clone();
+        let mut snapshotted = Vec::new();
+        for (p, task) in &mut self.tasks {
+            let key = p.to_string();
+            if !task.log.is_empty() {
+                task.state.seq += 1;
+                let msg = StateMsg::Log { seq: task.state.seq, steps: std::mem::take(&mut task.log) };
+                send_state(&self.producer, &state_topic, *p, &key, msg.encode(), 0)?;
+            }
+            let due = self.last_snapshot.get(p).is_none_or(|at| at.elapsed() >= self.config.snapshot_interval);
+            if force_snapshot || due || task.snapshot_offset.is_none() {
+                for (i, chunk) in snapshot_chunks(&task.state).into_iter().enumerate() {
+                    let tag = if i == 0 { *p as usize + 1 } else { 0 };
+                    send_state(&self.producer, &state_topic, *p, &key, chunk.encode(), tag)?;
+                }
+                snapshotted.push(*p);
+            }
+        }
+        let timeout = self.config.transaction_timeout;
+        self.producer.flush(timeout).map_err(WorkerError::kafka("flushing the transaction"))?;
+        let failures = std::mem::take(&mut *self.producer.context().failures.lock().expect("not poisoned"));
+        if let Some(first) = failures.first() {
+            return Err(WorkerError::Setup(format!("{} message(s) not delivered: {first}", failures.len())));
+        }
+        let offsets = std::mem::take(&mut *self.producer.context().snapshot_offsets.lock().expect("not poisoned"));
+        let mut tpl = TopicPartitionList::new();
+        for (p, task) in &mut self.tasks {
+            if let Some(&o) = offsets.get(p) {
+                task.snapshot_offset = Some(o);
+                task.snapshot_seq = task.state.seq;
+            }
+            let Some(snapshot_offset) = task.snapshot_offset else { continue };
+            let meta = CommitMeta { snapshot_offset, seq: task.state.seq }.encode();
+            for (i, topic) in self.inputs.iter().enumerate() {
+                if let Some(pos) = task.state.positions[i] {
+                    tpl.add_partition_offset(topic, *p, Offset::Offset(pos)).map_err(WorkerError::kafka("offsets"))?;
+                    if let Some(mut e) = tpl.find_partition(topic, *p) {
+                        e.set_metadata(meta.clone());
+                    }
+                }
+            }
+        }
+        let cgm = consumer.group_metadata().ok_or_else(|| WorkerError::Setup("no consumer group metadata".into()))?;
+        self.producer
+            .send_offsets_to_transaction(&tpl, &cgm, timeout)
+            .map_err(WorkerError::kafka("sending offsets to the transaction"))?;
+        self.producer.commit_transaction(timeout).map_err(WorkerError::kafka("committing the transaction"))?;
+        self.in_txn = false;
+        self.last_commit = Instant::now();
+        for p in snapshotted {
+            self.last_snapshot.insert(p, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction and forgets all in-memory state: every assigned group
+    /// is rebuilt from Kafka and the consumer goes back to the committed offsets.
+    fn abort(&mut self) {
+        if self.in_txn {
+            if let Err(e) = self.producer.abort_transaction(self.config.transaction_timeout) {
+                error!(error = %e, "aborting the transaction failed");
+                if is_fatal(&e) {
+                    self.fatal = Some(WorkerError::Kafka { context: "aborting", source: e });
+                }
+            }
+            self.in_txn = false;
+        }
+        let groups: Vec<i32> = self.tasks.keys().copied().collect();
+        self.unrestored.extend(groups);
+        self.tasks.clear();
+    }
+
+    /// Resumes every paused partition (after an abort, state and alignment start over).
+    fn resume_all(&mut self, consumer: &BaseConsumer<ConsumerCtx>) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, i) in std::mem::take(&mut self.paused) {
+            tpl.add_partition(&self.inputs[usize::from(i)], p);
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.resume(&tpl) {
+                warn!(error = %e, "resuming partitions failed");
+            }
+        }
+    }
+}
+
+fn send_state(
+    producer: &BaseProducer<ProducerCtx>,
+    topic: &str,
+    p: i32,
+    key: &str,
+    payload: Vec<u8>,
+    tag: usize,
+) -> Result<(), WorkerError> {
+    let mut record = BaseRecord::with_opaque_to(topic, tag).partition(p).key(key).payload(&payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(WorkerError::Kafka { context: "writing the state topic", source: e }),
+        }
+    }
+}
+
+/// Checks the inputs are co-partitioned and creates the state topic if missing.
+fn prepare_topics(config: &Config) -> Result<i32, WorkerError> {
+    let probe: BaseConsumer =
+        with_user_settings(client_config(config), config).create().map_err(WorkerError::kafka("creating a client"))?;
+    let timeout = Duration::from_secs(30);
+    let mut counts = Vec::new();
+    for t in &config.kafka.input_topics {
+        let md = probe.fetch_metadata(Some(t), timeout).map_err(WorkerError::kafka("reading topic metadata"))?;
+        let n = md.topics().first().map_or(0, |m| if m.error().is_some() { 0 } else { m.partitions().len() });
+        if n == 0 {
+            return Err(WorkerError::Setup(format!("input topic {t:?} does not exist (kafka.input_topics)")));
+        }
+        counts.push(n as i32);
+    }
+    let n = counts[0];
+    if counts.iter().any(|&c| c != n) {
+        return Err(WorkerError::Setup(format!(
+            "input topics {:?} have partition counts {counts:?}: they must be co-partitioned (equal counts)",
+            config.kafka.input_topics
+        )));
+    }
+    let state = &config.kafka.state_topic;
+    let md = probe.fetch_metadata(Some(state), timeout).map_err(WorkerError::kafka("reading topic metadata"))?;
+    let existing = md.topics().first().filter(|m| m.error().is_none()).map_or(0, |m| m.partitions().len() as i32);
+    if existing == 0 {
+        let admin: AdminClient<_> = with_user_settings(client_config(config), config)
+            .create()
+            .map_err(WorkerError::kafka("creating an admin client"))?;
+        let topic = NewTopic::new(state, n, TopicReplication::Fixed(-1)).set("retention.ms", "604800000");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| WorkerError::Setup(format!("runtime: {e}")))?;
+        let results = rt
+            .block_on(admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(timeout))))
+            .map_err(WorkerError::kafka("creating the state topic"))?;
+        for r in results {
+            if let Err((name, code)) = r {
+                if code != RDKafkaErrorCode::TopicAlreadyExists {
+                    return Err(WorkerError::Setup(format!("creating state topic {name}: {code}")));
+                }
+            }
+        }
+        info!(topic = %state, partitions = n, "created the state topic");
+    } else if existing != n {
+        return Err(WorkerError::Setup(format!(
+            "state topic {state:?} has {existing} partitions, the inputs have {n} (kafka.state_topic)"
+        )));
+    }
+    Ok(n)
+}
+
+/// Runs the worker until `shutdown` is set (then commits, leaves the group and returns).
+pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<(), WorkerError> {
+    let partitions = prepare_topics(&config)?;
+    info!(
+        brokers = %config.kafka.brokers,
+        group = %config.kafka.group_id,
+        inputs = ?config.kafka.input_topics,
+        partitions,
+        kafka = ?config.kafka,
+        "starting worker"
+    );
+    let mut pc = client_config(&config);
+    pc.set("transactional.id", &config.kafka.transactional_id)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string());
+    let producer: BaseProducer<ProducerCtx> = with_user_settings(pc, &config)
+        .create_with_context(ProducerCtx::default())
+        .map_err(WorkerError::kafka("creating the producer"))?;
+    producer.init_transactions(config.transaction_timeout).map_err(WorkerError::kafka("initialising transactions"))?;
+
+    let mut rc = client_config(&config);
+    rc.set("group.id", format!("{}-restore", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest");
+    let restore_consumer: BaseConsumer =
+        with_user_settings(rc, &config).create().map_err(WorkerError::kafka("creating the restore consumer"))?;
+
+    let decoder = Decoder::new(config.limits);
+    let core = Arc::new(Mutex::new(Core {
+        inputs: config.kafka.input_topics.clone(),
+        config: config.clone(),
+        producer,
+        restore_consumer,
+        decoder,
+        tasks: HashMap::new(),
+        last_seen: HashMap::new(),
+        unrestored: BTreeSet::new(),
+        paused: BTreeSet::new(),
+        in_txn: false,
+        last_commit: Instant::now(),
+        last_snapshot: HashMap::new(),
+        records: 0,
+        fatal: None,
+    }));
+
+    let mut cc = client_config(&config);
+    cc.set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", config.session_timeout.as_millis().to_string());
+    let consumer: BaseConsumer<ConsumerCtx> = with_user_settings(cc, &config)
+        .create_with_context(ConsumerCtx { core: core.clone() })
+        .map_err(WorkerError::kafka("creating the consumer"))?;
+    let topics: Vec<&str> = config.kafka.input_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(WorkerError::kafka("subscribing"))?;
+
+    let result = poll_loop(&consumer, &core, &config, &shutdown);
+    let mut c = core.lock().expect("not poisoned");
+    match &result {
+        Ok(()) => {
+            info!("shutting down: committing");
+            if let Err(e) = c.commit(&consumer, true) {
+                warn!(error = %e, "final commit failed; the next owner redoes the uncommitted part");
+                c.abort();
+            }
+        }
+        Err(e) => {
+            error!(error = %e, "worker failed");
+            if c.in_txn && !e.is_fatal() {
+                c.abort();
+            }
+        }
+    }
+    c.tasks.clear();
+    drop(c);
+    consumer.unsubscribe();
+    info!(records = core.lock().map(|c| c.records).unwrap_or(0), "stopped");
+    result
+}
+
+/// Most messages handled between two looks at the clock, the idle check and the commit.
+const MAX_BATCH: usize = 10_000;
+
+fn poll_loop(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    core: &Arc<Mutex<Core>>,
+    config: &Config,
+    shutdown: &AtomicBool,
+) -> Result<(), WorkerError> {
+    while !shutdown.load(Ordering::Relaxed) {
+        // Never hold the lock in poll(): rebalance callbacks take it.
+        let mut polled = consumer.poll(Duration::from_millis(50));
+        let mut c = core.lock().expect("not poisoned");
+        if let Some(e) = c.fatal.take() {
+            return Err(e);
+        }
+        let step = (|| -> Result<(), WorkerError> {
+            c.restore_pending(consumer)?;
+            // Take what is already fetched, up to the commit deadline, before committing.
+            let mut taken = 0;
+            while let Some(result) = polled {
+                match result {
+                    Ok(msg) => c.handle(consumer, &msg)?,
+                    Err(e) => warn!(error = %e, "consumer error"),
+                }
+                taken += 1;
+                if taken >= MAX_BATCH || c.last_commit.elapsed() >= config.commit_interval || !c.unrestored.is_empty() {
+                    break;
+                }
+                polled = consumer.poll(Duration::ZERO);
+            }
+            c.check_idle(consumer)?;
+            c.align(consumer)?;
+            if c.last_commit.elapsed() >= config.commit_interval {
+                c.commit(consumer, false)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = step {
+            if e.is_fatal() {
+                return Err(e);
+            }
+            warn!(error = %e, "transaction failed: aborting and rebuilding state from Kafka");
+            c.abort();
+            c.resume_all(consumer);
+            rewind(consumer, &c.inputs)?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves the consumer back to the committed offsets of its assignment.
+fn rewind(consumer: &BaseConsumer<ConsumerCtx>, inputs: &[String]) -> Result<(), WorkerError> {
+    let assignment = consumer.assignment().map_err(WorkerError::kafka("reading the assignment"))?;
+    let committed = consumer
+        .committed_offsets(assignment.clone(), Duration::from_secs(30))
+        .map_err(WorkerError::kafka("reading committed offsets"))?;
+    for e in committed.elements() {
+        if !inputs.iter().any(|t| t == e.topic()) {
+            continue;
+        }
+        let to = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        consumer.seek(e.topic(), e.partition(), to, Duration::from_secs(10)).map_err(WorkerError::kafka("seeking"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! The broker suite: the worker against a real Apache Kafka broker.
+//!
+//! Needs a broker (`scripts/kafka.sh start`; address in `ATTRIB_TEST_BROKERS`, default
+//! 127.0.0.1:9092), so every test is `#[ignore]`d in a plain `cargo test`; `.ci/run`
+//! starts the broker and runs `cargo test --release --test broker -- --ignored
+//! --test-threads=1`. Each test uses fresh random topic names, runs `attrib run` as child
+//! processes, reads the output `read_committed` from the beginning once the worker has
+//! committed every input offset and stopped, and compares it with `attrib replay` of the
+//! same events: the same multiset of records, no `commission_id` twice.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use attrib::config::Config;
+use attrib::gen::{generate, GenOptions};
+use attrib::model::Record;
+use attrib::replay::{open_files, replay, MemorySink};
+
+const PARTITIONS: i32 = 4;
+
+fn brokers() -> String {
+    std::env::var("ATTRIB_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn events() -> u64 {
+    std::env::var("ATTRIB_BROKER_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
+}
+
+/// One test's topics, group and workload.
+struct Env {
+    prefix: String,
+    dir: tempfile::TempDir,
+    workload: PathBuf,
+    expected: Vec<Record>,
+    invalid_lines: u64,
+}
+
+impl Env {
+    fn new(name: &str, opts: GenOptions) -> Env {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let prefix = format!("t{}-{name}", nanos % 1_000_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        let workload = dir.path().join("workload.jsonl");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&workload).unwrap());
+        let stats = generate(&opts, |_, line| {
+            file.write_all(line)?;
+            file.write_all(b"\n")
+        })
+        .unwrap();
+        file.flush().unwrap();
+        drop(file);
+        let mut sink = MemorySink::default();
+        let summary =
+            replay(&Config::default(), open_files(std::slice::from_ref(&workload)).unwrap(), &mut sink).unwrap();
+        assert!(summary.stats.records_commission > 1000, "workload attributes enough purchases");
+        let env = Env { prefix, dir, workload, expected: sink.records, invalid_lines: stats.by_kind[4] };
+        env.create_topics();
+        env
+    }
+
+    fn topic(&self, t: &str) -> String {
+        format!("{}-{t}", self.prefix)
+    }
+
+    fn inputs(&self) -> Vec<String> {
+        ["views", "clicks", "purchases", "refunds"].iter().map(|t| self.topic(t)).collect()
+    }
+
+    fn create_topics(&self) {
+        let admin: AdminClient<_> = client().create().unwrap();
+        let names: Vec<String> =
+            ["views", "clicks", "purchases", "refunds", "commissions", "dlq"].iter().map(|t| self.topic(t)).collect();
+        let topics: Vec<NewTopic> =
+            names.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap() {
+            r.unwrap();
+        }
+    }
+
+    /// Environment for `attrib` child processes.
+    fn worker_env(&self, instance: &str) -> Vec<(String, String)> {
+        let inputs = self.inputs().join(",");
+        [
+            ("ATTRIB__KAFKA__BROKERS", brokers()),
+            ("ATTRIB__KAFKA__GROUP_ID", self.topic("group")),
+            ("ATTRIB__KAFKA__INPUT_TOPICS", format!("[{inputs}]")),
+            ("ATTRIB__KAFKA__OUTPUT_TOPIC", self.topic("commissions")),
+            ("ATTRIB__KAFKA__DLQ_TOPIC", self.topic("dlq")),
+            ("ATTRIB__KAFKA__STATE_TOPIC", self.topic("state")),
+            ("ATTRIB__KAFKA__TRANSACTIONAL_ID", self.topic(instance)),
+            ("ATTRIB__KAFKA__COMMIT_INTERVAL", "100ms".into()),
+            ("ATTRIB__KAFKA__SNAPSHOT_INTERVAL", "2s".into()),
+            ("ATTRIB__KAFKA__SESSION_TIMEOUT", "6s".into()),
+            ("ATTRIB__KAFKA__TRANSACTION_TIMEOUT", "10s".into()),
+            ("ATTRIB__TIME__IDLE_TIMEOUT", "2s".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn attrib(&self, instance: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_attrib"));
+        c.envs(self.worker_env(instance));
+        c
+    }
+
+    fn produce(&self, files: &[&Path]) {
+        let status = self.attrib("producer").arg("produce").arg("--flush-marker").args(files).status().unwrap();
+        assert!(status.success(), "attrib produce failed");
+    }
+
+    fn start_worker(&self, instance: &str) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("{instance}.log"))).unwrap();
+        self.attrib(instance).arg("run").stdout(Stdio::null()).stderr(log).spawn().unwrap()
+    }
+
+    fn worker_log(&self, instance: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{instance}.log"))).unwrap_or_default()
+    }
+
+    /// The last lines of every worker log, for failure messages.
+    fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!(
+                    "--- {}\n{}\n",
+                    path.display(),
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                ));
+            }
+        }
+        out
+    }
+
+    /// Sum of the group's committed input offsets and of the input end offsets.
+    fn progress(&self, consumer: &BaseConsumer) -> (i64, i64) {
+        let mut tpl = TopicPartitionList::new();
+        for t in self.inputs() {
+            for p in 0..PARTITIONS {
+                tpl.add_partition(&t, p);
+            }
+        }
+        // Before the worker joins, the group does not exist yet: no progress.
+        let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else { return (0, 1) };
+        let mut done = 0;
+        let mut end = 0;
+        for e in committed.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                done += o;
+            }
+            end += consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10)).unwrap().1;
+        }
+        (done, end)
+    }
+
+    /// Waits until the group has committed at least `fraction` of all input messages.
+    fn wait_progress(&self, fraction: f64, limit: Duration) {
+        let consumer: BaseConsumer = client().set("group.id", self.topic("group")).create().unwrap();
+        let start = Instant::now();
+        loop {
+            let (done, end) = self.progress(&consumer);
+            if end > 0 && done as f64 >= fraction * end as f64 {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no progress to {fraction}: {done} of {end} after {limit:?}\n{}",
+                self.logs_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Reads a topic `read_committed` from the beginning to its end.
+    fn read_all(&self, t: &str) -> Vec<(i32, i64, Vec<u8>)> {
+        let topic = self.topic(t);
+        let consumer: BaseConsumer = client()
+            .set("isolation.level", "read_committed")
+            .set("group.id", self.topic("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+            ends.insert(p, consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1);
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let start = Instant::now();
+        loop {
+            let pos = consumer.position().unwrap();
+            let done = pos.elements().iter().all(|e| match e.offset() {
+                Offset::Offset(o) => o >= ends[&e.partition()],
+                _ => ends[&e.partition()] == 0,
+            });
+            if done {
+                return out;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "reading {topic} did not reach its end");
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                out.push((m.partition(), m.offset(), m.payload().unwrap_or_default().to_vec()));
+            }
+        }
+    }
+
+    /// Output records, checked against replay: same multiset, no duplicate ids.
+    fn assert_output_equals_replay(&self) {
+        let got: Vec<Record> =
+            self.read_all("commissions").iter().map(|(_, _, v)| serde_json::from_slice(v).unwrap()).collect();
+        let mut ids: Vec<&str> = got.iter().map(|r| r.commission_id.as_str()).collect();
+        ids.sort_unstable();
+        let before = ids.len();
+        ids.dedup();
+        assert_eq!(before, ids.len(), "{} duplicate commission_id(s)", before - ids.len());
+        let key = |r: &Record| serde_json::to_string(r).unwrap();
+        let mut want: Vec<String> = self.expected.iter().map(key).collect();
+        let mut have: Vec<String> = got.iter().map(key).collect();
+        want.sort();
+        have.sort();
+        let missing = want.iter().filter(|w| have.binary_search(w).is_err()).count();
+        let extra = have.iter().filter(|h| want.binary_search(h).is_err()).count();
+        assert!(
+            want == have,
+            "output differs from replay: {} records vs {}, {missing} missing, {extra} extra",
+            have.len(),
+            want.len()
+        );
+    }
+}
+
+fn client() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers());
+    c
+}
+
+fn workload(seed: u64) -> GenOptions {
+    GenOptions {
+        events: events(),
+        seed,
+        disorder_ms: 2000,
+        duplicates: 0.01,
+        invalid: 0.0,
+        // 2 events/s of event time: 200,000 events span a day, so refunds happen.
+        events_per_sec: 2.0,
+        refunds: 0.2,
+        ..GenOptions::default()
+    }
+}
+
+fn stop(mut child: Child, limit: Duration) -> ExitStatus {
+    // SIGTERM, then wait (bounded).
+    unsafe_kill(child.id(), "TERM");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("worker did not exit within {limit:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+fn sigkill(mut child: Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+const LIMIT: Duration = Duration::from_secs(600);
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn one_worker_output_equals_replay() {
+    let env = Env::new("one", workload(101));
+    env.produce(&[&env.workload]);
+    let start = Instant::now();
+    let worker = env.start_worker("w1");
+    env.wait_progress(1.0, LIMIT);
+    let took = start.elapsed();
+    let status = stop(worker, Duration::from_secs(30));
+    assert!(status.success(), "worker exit: {status}\n{}", env.worker_log("w1"));
+    env.assert_output_equals_replay();
+    println!(
+        "one worker: {} events in {:.2} s = {:.0} events/s (from process start, including group join and restore)",
+        events(),
+        took.as_secs_f64(),
+        events() as f64 / took.as_secs_f64()
+    );
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn worker_killed_three_times_output_equals_replay() {
+    let env = Env::new("kill", workload(202));
+    env.produce(&[&env.workload]);
+    for (round, fraction) in [0.2, 0.45, 0.7].into_iter().enumerate() {
+        let worker = env.start_worker("w1");
+        env.wait_progress(fraction, LIMIT);
+        sigkill(worker);
+        println!("killed the worker at >= {:.0}% committed (round {})", fraction * 100.0, round + 1);
+    }
+    let worker = env.start_worker("w1");
+    env.wait_progress(1.0, LIMIT);
+    let status = stop(worker, Duration::from_secs(30));
+    assert!(status.success(), "worker exit: {status}\n{}", env.worker_log("w1"));
+    let log = env.worker_log("w1");
+    assert!(log.contains("partition group restored"), "restarted worker restored its state");
+    env.assert_output_equals_replay();
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn three_workers_with_one_added_and_one_killed_output_equals_replay() {
+    let env = Env::new("group", workload(303));
+    env.produce(&[&env.workload]);
+    let a = env.start_worker("wa");
+    let b = env.start_worker("wb");
+    env.wait_progress(0.3, LIMIT);
+    let c = env.start_worker("wc");
+    env.wait_progress(0.6, LIMIT);
+    sigkill(b);
+    env.wait_progress(1.0, LIMIT);
+    for (name, w) in [("wa", a), ("wc", c)] {
+        let status = stop(w, Duration::from_secs(30));
+        assert!(status.success(), "{name} exit: {status}\n{}", env.worker_log(name));
+    }
+    // State moved between workers: some worker restored a group that had been processed.
+    let moved = ["wa", "wc"]
+        .iter()
+        .any(|n| env.worker_log(n).lines().any(|l| l.contains("restored") && !l.contains("events=0")));
+    assert!(moved, "a partition group changed hands with its state\n{}", env.logs_tail());
+    env.assert_output_equals_replay();
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn malformed_and_oversized_messages_go_to_the_dead_letter_topic() {
+    let opts = GenOptions { invalid: 0.01, ..workload(404) };
+    let env = Env::new("dlq", opts);
+    // Oversized: 2 MB messages (over the 1 MiB default limit) on the purchases topic.
+    let producer: BaseProducer = client().set("message.max.bytes", "16000000").create().unwrap();
+    let huge = format!(
+        r#"{{"type":"view","event_id":"huge","ts":1,"user_id":"u","creator_id":"c","pad":"{}"}}"#,
+        "x".repeat(2_000_000)
+    );
+    let purchases = env.topic("purchases");
+    for p in 0..PARTITIONS {
+        producer.send(BaseRecord::<str, str>::to(&purchases).partition(p).key("u").payload(&huge)).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    env.produce(&[&env.workload]);
+    let worker = env.start_worker("w1");
+    env.wait_progress(1.0, LIMIT);
+    let status = stop(worker, Duration::from_secs(30));
+    assert!(status.success(), "worker exit: {status}\n{}", env.worker_log("w1"));
+    env.assert_output_equals_replay();
+    let dead: Vec<serde_json::Value> =
+        env.read_all("dlq").iter().map(|(_, _, v)| serde_json::from_slice(v).unwrap()).collect();
+    let too_large = dead.iter().filter(|d| d["reason"] == "too_large").count();
+    assert_eq!(too_large, PARTITIONS as usize, "every oversized message dead-lettered");
+    assert_eq!(dead.len() as u64, env.invalid_lines + PARTITIONS as u64, "every invalid line dead-lettered, once");
+    for d in &dead {
+        assert!(d["topic"].is_string() && d["partition"].is_i64() && d["offset"].is_i64(), "source position: {d}");
+    }
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn sigterm_exits_cleanly_and_a_restart_continues() {
+    let env = Env::new("term", workload(505));
+    env.produce(&[&env.workload]);
+    let worker = env.start_worker("w1");
+    env.wait_progress(0.5, LIMIT);
+    let start = Instant::now();
+    let status = stop(worker, Duration::from_secs(15));
+    assert!(status.success(), "clean exit on SIGTERM: {status}\n{}", env.worker_log("w1"));
+    println!("SIGTERM to exit: {:?}", start.elapsed());
+    assert!(env.worker_log("w1").contains("shutting down"));
+    let worker = env.start_worker("w1");
+    env.wait_progress(1.0, LIMIT);
+    let status = stop(worker, Duration::from_secs(15));
+    assert!(status.success(), "worker exit: {status}");
+    env.assert_output_equals_replay();
+}
