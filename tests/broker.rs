@@ -197,11 +197,25 @@ impl Env {
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
+        // A SIGKILLed worker's open transaction holds back what read_committed readers
+        // see (the last stable offset) until the coordinator aborts it after
+        // `transaction.timeout.ms`; wait until every partition is stable to its end.
+        let uncommitted: BaseConsumer = client().create().unwrap();
         let mut tpl = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
+        let start = Instant::now();
         for p in 0..PARTITIONS {
             tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
-            ends.insert(p, consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1);
+            loop {
+                let stable = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1;
+                let end = uncommitted.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1;
+                if stable == end {
+                    ends.insert(p, end);
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(120), "{topic}/{p}: a transaction stays open");
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         consumer.assign(&tpl).unwrap();
         let mut out = Vec::new();
@@ -241,9 +255,10 @@ impl Env {
         let extra = have.iter().filter(|h| want.binary_search(h).is_err()).count();
         assert!(
             want == have,
-            "output differs from replay: {} records vs {}, {missing} missing, {extra} extra",
+            "output differs from replay: {} records vs {}, {missing} missing, {extra} extra\n{}",
             have.len(),
-            want.len()
+            want.len(),
+            self.logs_tail()
         );
     }
 }
