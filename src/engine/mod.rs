@@ -209,6 +209,13 @@ struct CreatorCredit<'a> {
     count: u32,
 }
 
+impl<'a> CreatorCredit<'a> {
+    /// The whole item to one touch (weight 1).
+    fn single(touch: &'a StoredTouch) -> CreatorCredit<'a> {
+        CreatorCredit { creator: touch.creator, weight: 1, latest: touch, count: 1 }
+    }
+}
+
 /// The attribution engine for one partition of shoppers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Engine {
@@ -217,6 +224,10 @@ pub struct Engine {
     windows: Vec<[Millis; 2]>,
     /// Longest window plus allowed lateness: how long touches are kept.
     touch_retention: Millis,
+    /// Longest window of any kind and surface.
+    max_window: Millis,
+    /// Longest click window of any surface.
+    max_click_window: Millis,
     watermark: Millis,
     touches: TouchStore,
     pending: BTreeMap<(Millis, Str), (Final, u64)>,
@@ -232,11 +243,15 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Engine {
         let windows = cfg.window_table();
         let ledger = Ledger::new(cfg.refund_window.saturating_add(cfg.allowed_lateness));
-        let touch_retention = cfg.max_window().saturating_add(cfg.allowed_lateness);
+        let max_window = cfg.max_window();
+        let max_click_window = windows.iter().map(|w| w[0]).max().unwrap_or(0);
+        let touch_retention = max_window.saturating_add(cfg.allowed_lateness);
         Engine {
             cfg,
             windows,
             touch_retention,
+            max_window,
+            max_click_window,
             watermark: Millis::MIN,
             touches: TouchStore::default(),
             pending: BTreeMap::new(),
@@ -485,20 +500,39 @@ impl Engine {
     /// first credited touch.
     fn credits_for<'a>(&self, touches: &'a VecDeque<StoredTouch>, item: &Item, t: Millis) -> Vec<CreatorCredit<'a>> {
         let product = self.touches.products.get(&item.product_id);
-        let from = touches.partition_point(|x| x.ts < t.saturating_sub(self.touch_retention));
+        let eligible = |touch: &StoredTouch| {
+            let window = self.windows[touch.surface as usize][usize::from(touch.kind == TouchKind::View)];
+            touch.ts >= t.saturating_sub(window)
+                && (touch.product == STOREFRONT || Some(touch.product) == product)
+                && (self.cfg.allow_self_attribution || !touch.is_self)
+        };
+        let from = touches.partition_point(|x| x.ts < t.saturating_sub(self.max_window));
         let to = touches.partition_point(|x| x.ts <= t);
+        if self.cfg.model == Model::LastTouch {
+            // Walk back from the purchase: the first eligible click is the answer; the
+            // first eligible view is, if no click turns up within any click window.
+            let click_floor = t.saturating_sub(self.max_click_window);
+            let mut last_view = None;
+            for touch in touches.range(from..to).rev() {
+                if touch.ts < click_floor && last_view.is_some() {
+                    break;
+                }
+                if eligible(touch) {
+                    match touch.kind {
+                        TouchKind::Click => return vec![CreatorCredit::single(touch)],
+                        TouchKind::View if last_view.is_none() => last_view = Some(touch),
+                        TouchKind::View => {}
+                    }
+                }
+            }
+            return last_view.map(CreatorCredit::single).into_iter().collect();
+        }
         let mut clicks: Vec<&StoredTouch> = Vec::new();
         let mut views: Vec<&StoredTouch> = Vec::new();
-        for touch in touches.range(from..to) {
-            let window = self.windows[touch.surface as usize][usize::from(touch.kind == TouchKind::View)];
-            let in_window = touch.ts >= t.saturating_sub(window);
-            let product_ok = touch.product == STOREFRONT || Some(touch.product) == product;
-            let self_ok = self.cfg.allow_self_attribution || !touch.is_self;
-            if in_window && product_ok && self_ok {
-                match touch.kind {
-                    TouchKind::Click => clicks.push(touch),
-                    TouchKind::View => views.push(touch),
-                }
+        for touch in touches.range(from..to).filter(|x| eligible(x)) {
+            match touch.kind {
+                TouchKind::Click => clicks.push(touch),
+                TouchKind::View => views.push(touch),
             }
         }
         // Clicks beat views.
