@@ -192,20 +192,10 @@ struct LiveOut<'a> {
 
 impl LiveOut<'_> {
     fn send(&mut self, topic: &str, key: &[u8], payload: Vec<u8>) {
-        let mut record = BaseRecord::with_opaque_to(topic, 0usize).key(key).payload(&payload);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => {
-                    // Caught again at commit: the transaction then aborts and state is rebuilt.
-                    self.producer.context().failures.lock().expect("not poisoned").push(e.to_string());
-                    return;
-                }
-            }
+        let record = BaseRecord::with_opaque_to(topic, 0usize).key(key).payload(&payload);
+        if let Err(e) = send_waiting(self.producer, record) {
+            // Caught again at commit: the transaction then aborts and state is rebuilt.
+            self.producer.context().failures.lock().expect("not poisoned").push(e.to_string());
         }
     }
 }
@@ -492,7 +482,20 @@ fn send_state(
     payload: Vec<u8>,
     tag: usize,
 ) -> Result<(), WorkerError> {
-    let mut record = BaseRecord::with_opaque_to(topic, tag).partition(p).key(key).payload(&payload);
+    let record = BaseRecord::with_opaque_to(topic, tag).partition(p).key(key).payload(&payload);
+    send_waiting(producer, record).map_err(WorkerError::kafka("writing the state topic"))
+}
+
+/// Sends one record, waiting (and serving delivery reports) while the local queue is full.
+pub(crate) fn send_waiting<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    C: ProducerContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -500,7 +503,7 @@ fn send_state(
                 record = r;
                 producer.poll(Duration::from_millis(10));
             }
-            Err((e, _)) => return Err(WorkerError::Kafka { context: "writing the state topic", source: e }),
+            Err((e, _)) => return Err(e),
         }
     }
 }

@@ -13,11 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 
-use super::{client_config, with_user_settings, WorkerError};
+use super::{client_config, send_waiting, with_user_settings, WorkerError};
 use crate::codec::Decoder;
 use crate::config::Config;
 use crate::model::{EventType, Millis};
@@ -80,7 +78,7 @@ pub fn produce(config: &Config, files: &[PathBuf], flush_marker: bool) -> Result
             if let Some(k) = key.as_deref() {
                 record = record.key(k);
             }
-            send(&producer, record)?;
+            send_waiting(&producer, record).map_err(WorkerError::kafka("producing"))?;
             result.per_topic[topic_index] += 1;
         }
     }
@@ -97,27 +95,12 @@ pub fn produce(config: &Config, files: &[PathBuf], flush_marker: bool) -> Result
                 let payload = format!(
                     r#"{{"type":"view","event_id":"attrib-flush-{topic}-{p}-{ts}","ts":{ts},"user_id":"attrib-flush","creator_id":"attrib-flush"}}"#
                 );
-                send(&producer, BaseRecord::<str, str>::to(topic).partition(p).key("attrib-flush").payload(&payload))?;
+                let record = BaseRecord::<str, str>::to(topic).partition(p).key("attrib-flush").payload(&payload);
+                send_waiting(&producer, record).map_err(WorkerError::kafka("producing"))?;
                 result.markers += 1;
             }
         }
     }
     producer.flush(Duration::from_secs(60)).map_err(WorkerError::kafka("flushing"))?;
     Ok(result)
-}
-
-fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
-    producer: &BaseProducer,
-    mut record: BaseRecord<'_, K, P>,
-) -> Result<(), WorkerError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(WorkerError::Kafka { context: "producing", source: e }),
-        }
-    }
 }
