@@ -2,5 +2,6 @@
 
 mod checkpoint;
 mod golden;
+mod hostile;
 mod model_check;
 mod properties;
