@@ -9,8 +9,9 @@ use attrib::model::{DeadLetter, Record};
 use attrib::worker::state::{snapshot_chunks, StateMsg};
 use attrib::worker::task::{Task, TaskOutput, TaskSettings, TaskState};
 
+/// A task output that keeps everything (shared by the tests of this binary).
 #[derive(Default)]
-struct Collect(Vec<Record>, Vec<DeadLetter>);
+pub struct Collect(pub Vec<Record>, pub Vec<DeadLetter>);
 
 impl TaskOutput for Collect {
     fn record(&mut self, record: Record, _: u64) {

@@ -5,9 +5,11 @@ use attrib::codec::{DecodeLimits, Decoder};
 use attrib::config::Config;
 use attrib::engine::watermark::Watermarks;
 use attrib::engine::{Engine, EngineConfig};
-use attrib::model::{DeadLetter, DeadLetterReason, Event, Record, Touch, TouchKind};
+use attrib::model::{DeadLetterReason, Event, Record, Touch, TouchKind};
 use attrib::replay::replay_texts;
-use attrib::worker::task::{Task, TaskOutput, TaskSettings, TaskState};
+use attrib::worker::task::{Task, TaskSettings, TaskState};
+
+use crate::checkpoint::Collect;
 use proptest::prelude::*;
 
 const PURCHASE: &str = r#"{"type":"purchase","event_id":"o-1","ts":1764400600000,"user_id":"u-1","order_id":"ord-1","currency":"USD","items":[{"product_id":"p-1","quantity":1,"unit_price":1000}]}"#;
@@ -98,18 +100,6 @@ fn a_click_flood_keeps_memory_bounded_by_the_per_shopper_cap() {
     assert_eq!(engine.live_touches(), cap);
     assert_eq!(engine.stats().touches_evicted_cap, n - cap as u64);
     assert_eq!(engine.shoppers(), 1);
-}
-
-#[derive(Default)]
-struct Collect(Vec<Record>, Vec<DeadLetter>);
-
-impl TaskOutput for Collect {
-    fn record(&mut self, r: Record, _: u64) {
-        self.0.push(r);
-    }
-    fn dead_letter(&mut self, d: DeadLetter) {
-        self.1.push(d);
-    }
 }
 
 #[test]
