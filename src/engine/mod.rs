@@ -307,16 +307,17 @@ impl Engine {
         let ts = event.ts();
         let ty = event.event_type();
         let late = ts < self.watermark;
+        let hash = id_hash(event.event_id());
         self.stats.of(ty).read += 1;
         let outcome = match event {
             Event::Touch(touch) => {
                 if ts < self.watermark.saturating_sub(self.touch_retention) {
                     Outcome::TooLate
-                } else if self.seen_ids.contains(&id_hash(&touch.event_id)) {
+                } else if self.seen_ids.contains(&hash) {
                     Outcome::Duplicate
                 } else {
                     let surface = self.surface_index(touch.surface.as_deref());
-                    match self.touches.insert(touch, surface, self.cfg.max_touches_per_user) {
+                    match self.touches.insert(touch, hash, surface, self.cfg.max_touches_per_user) {
                         Inserted::Duplicate => Outcome::Duplicate,
                         Inserted::Stored { evicted } => {
                             self.stats.touches_evicted_cap += evicted as u64;
@@ -329,10 +330,9 @@ impl Engine {
             Event::Purchase(_) | Event::Refund(_) => {
                 if ts < self.watermark.saturating_sub(self.cfg.allowed_lateness) {
                     Outcome::TooLate
-                } else if self.is_seen(id_hash(event.event_id())) {
+                } else if self.is_seen(hash) {
                     Outcome::Duplicate
                 } else {
-                    let hash = id_hash(event.event_id());
                     let (id, fin) = match event {
                         Event::Purchase(p) => (p.event_id.clone(), Final::Purchase(p)),
                         Event::Refund(r) => (r.event_id.clone(), Final::Refund(r)),

@@ -115,9 +115,10 @@ pub struct TouchStore {
 
 impl TouchStore {
     /// Stores a touch in its shopper's list, keeping at most `cap` touches per shopper
-    /// (the oldest go first).
-    pub fn insert(&mut self, touch: Touch, surface: u16, cap: usize) -> Inserted {
-        if !self.ids.insert(id_hash(&touch.event_id)) {
+    /// (the oldest go first). `hash` is [`id_hash`] of its event id.
+    pub fn insert(&mut self, touch: Touch, hash: u128, surface: u16, cap: usize) -> Inserted {
+        debug_assert_eq!(hash, id_hash(&touch.event_id));
+        if !self.ids.insert(hash) {
             return Inserted::Duplicate;
         }
         if !self.users.contains_key(touch.user_id.as_str()) {
@@ -236,13 +237,13 @@ mod tests {
     #[test]
     fn keeps_touch_order_and_detects_duplicates() {
         let mut s = TouchStore::default();
-        assert_eq!(s.insert(click("b", 20, "u"), 0, 10), Inserted::Stored { evicted: 0 });
-        assert_eq!(s.insert(click("a", 10, "u"), 0, 10), Inserted::Stored { evicted: 0 });
-        assert_eq!(s.insert(click("a2", 20, "u"), 0, 10), Inserted::Stored { evicted: 0 });
-        assert_eq!(s.insert(click("a", 10, "u"), 0, 10), Inserted::Duplicate);
+        assert_eq!(s.insert(click("b", 20, "u"), id_hash("b"), 0, 10), Inserted::Stored { evicted: 0 });
+        assert_eq!(s.insert(click("a", 10, "u"), id_hash("a"), 0, 10), Inserted::Stored { evicted: 0 });
+        assert_eq!(s.insert(click("a2", 20, "u"), id_hash("a2"), 0, 10), Inserted::Stored { evicted: 0 });
+        assert_eq!(s.insert(click("a", 10, "u"), id_hash("a"), 0, 10), Inserted::Duplicate);
         // The same id at another time or for another shopper is still a duplicate.
-        assert_eq!(s.insert(click("a", 99, "u"), 0, 10), Inserted::Duplicate);
-        assert_eq!(s.insert(click("b", 20, "u2"), 0, 10), Inserted::Duplicate);
+        assert_eq!(s.insert(click("a", 99, "u"), id_hash("a"), 0, 10), Inserted::Duplicate);
+        assert_eq!(s.insert(click("b", 20, "u2"), id_hash("b"), 0, 10), Inserted::Duplicate);
         assert_eq!(ids(&s, "u"), ["a", "a2", "b"]);
         assert_eq!(s.live(), 3);
     }
@@ -251,7 +252,8 @@ mod tests {
     fn cap_drops_the_oldest() {
         let mut s = TouchStore::default();
         for (i, ts) in [5, 1, 3, 4].into_iter().enumerate() {
-            s.insert(click(&format!("k{i}"), ts, "u"), 0, 3);
+            let id = format!("k{i}");
+            s.insert(click(&id, ts, "u"), id_hash(&id), 0, 3);
         }
         assert_eq!(ids(&s, "u"), ["k2", "k3", "k0"]);
         assert_eq!(s.live(), 3);
@@ -260,10 +262,10 @@ mod tests {
     #[test]
     fn expiry_drops_old_touches_and_empty_shoppers() {
         let mut s = TouchStore::default();
-        s.insert(click("a", 10, "u1"), 0, 10);
-        s.insert(click("b", 30, "u1"), 0, 10);
-        s.insert(click("c", 20, "u2"), 0, 10);
-        s.insert(click("d", 5, "u1"), 0, 10); // older than the queued entry
+        s.insert(click("a", 10, "u1"), id_hash("a"), 0, 10);
+        s.insert(click("b", 30, "u1"), id_hash("b"), 0, 10);
+        s.insert(click("c", 20, "u2"), id_hash("c"), 0, 10);
+        s.insert(click("d", 5, "u1"), id_hash("d"), 0, 10); // older than the queued entry
         assert_eq!(s.expire_before(11), 2);
         assert_eq!(ids(&s, "u1"), ["b"]);
         assert_eq!(s.expire_before(25), 1);
@@ -272,6 +274,6 @@ mod tests {
         assert_eq!(s.shoppers(), 0);
         assert_eq!(s.live(), 0);
         // Expired ids are forgotten: the same id may be stored again.
-        assert_eq!(s.insert(click("a", 40, "u1"), 0, 10), Inserted::Stored { evicted: 0 });
+        assert_eq!(s.insert(click("a", 40, "u1"), id_hash("a"), 0, 10), Inserted::Stored { evicted: 0 });
     }
 }
