@@ -200,7 +200,9 @@ impl Env {
         // A SIGKILLed worker's open transaction holds back what read_committed readers
         // see (the last stable offset) until the coordinator aborts it after
         // `transaction.timeout.ms`; wait until every partition is stable to its end.
-        let uncommitted: BaseConsumer = client().create().unwrap();
+        // librdkafka's default isolation level is read_committed, whose watermark query
+        // answers the last stable offset: ask for the real end explicitly.
+        let uncommitted: BaseConsumer = client().set("isolation.level", "read_uncommitted").create().unwrap();
         let mut tpl = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
         let start = Instant::now();
@@ -251,16 +253,84 @@ impl Env {
         let mut have: Vec<String> = got.iter().map(key).collect();
         want.sort();
         have.sort();
-        let missing = want.iter().filter(|w| have.binary_search(w).is_err()).count();
-        let extra = have.iter().filter(|h| want.binary_search(h).is_err()).count();
-        assert!(
-            want == have,
-            "output differs from replay: {} records vs {}, {missing} missing, {extra} extra\n{}",
-            have.len(),
-            want.len(),
-            self.logs_tail()
-        );
+        let missing: Vec<&String> = want.iter().filter(|w| have.binary_search(w).is_err()).collect();
+        let extra: Vec<&String> = have.iter().filter(|h| want.binary_search(h).is_err()).collect();
+        if want != have {
+            let kept = self.keep_failure(&missing, &extra);
+            panic!(
+                "output differs from replay: {} records vs {}, {} missing, {} extra\n{}\nkept in {}\n{}",
+                have.len(),
+                want.len(),
+                missing.len(),
+                extra.len(),
+                missing_by_group(&missing),
+                kept.display(),
+                self.logs_tail()
+            );
+        }
     }
+}
+
+impl Env {
+    /// Copies the logs and writes the missing and extra records under
+    /// `target/broker-failures/<prefix>/` for a look after the test.
+    fn keep_failure(&self, missing: &[&String], extra: &[&String]) -> PathBuf {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("broker-failures").join(&self.prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines = |v: &[&String]| v.iter().map(|s| format!("{s}\n")).collect::<String>();
+        std::fs::write(dir.join("missing.jsonl"), lines(missing)).unwrap();
+        std::fs::write(dir.join("extra.jsonl"), lines(extra)).unwrap();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+            }
+        }
+        dir
+    }
+}
+
+/// Missing records per input partition group (the user's partition) with their purchase
+/// time range: tells a stuck group from scattered losses.
+fn missing_by_group(missing: &[&String]) -> String {
+    let mut groups: BTreeMap<i32, (usize, i64, i64)> = BTreeMap::new();
+    for m in missing {
+        let r: Record = serde_json::from_str(m).unwrap();
+        let g = (murmur2(r.user_id.as_bytes()) & 0x7fff_ffff) as i32 % PARTITIONS;
+        let e = groups.entry(g).or_insert((0, i64::MAX, i64::MIN));
+        e.0 += 1;
+        e.1 = e.1.min(r.purchase_ts);
+        e.2 = e.2.max(r.purchase_ts);
+    }
+    groups.iter().map(|(g, (n, lo, hi))| format!("group {g}: {n} missing, purchase_ts {lo}..={hi}\n")).collect()
+}
+
+/// Kafka's default partitioner hash (murmur2, seed 0x9747b28c), as librdkafka's
+/// `murmur2_random` uses for keyed messages.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
 }
 
 fn client() -> ClientConfig {

@@ -638,6 +638,23 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<(), WorkerError>
             }
         }
     }
+    for (p, task) in &c.tasks {
+        let s = &task.state;
+        let inputs: Vec<String> = (0..c.inputs.len())
+            .map(|i| {
+                let idle = if s.watermarks.is_idle(i) { " idle" } else { "" };
+                format!("{}@{:?} max_ts={}{idle}", c.inputs[i], s.positions[i], s.watermarks.max_ts(i))
+            })
+            .collect();
+        info!(
+            group = p,
+            watermark = ?s.watermarks.current(),
+            pending = s.engine.pending(),
+            touches = s.engine.live_touches(),
+            inputs = ?inputs,
+            "partition group at shutdown"
+        );
+    }
     c.tasks.clear();
     drop(c);
     consumer.unsubscribe();
