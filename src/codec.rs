@@ -41,11 +41,15 @@ pub struct DecodeLimits {
     pub max_message_bytes: usize,
     /// Most items a purchase (or refund) may carry.
     pub max_items: usize,
+    /// Longest id, in bytes.
+    pub max_id_bytes: usize,
+    /// Deepest nesting of objects and arrays.
+    pub max_depth: usize,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_message_bytes: 1024 * 1024, max_items: 1000 }
+        DecodeLimits { max_message_bytes: 1024 * 1024, max_items: 1000, max_id_bytes: 256, max_depth: 32 }
     }
 }
 
@@ -437,7 +441,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_and_oversize_are_dead_letters_not_panics() {
-        let mut d = Decoder::new(DecodeLimits { max_message_bytes: 64, max_items: 10 });
+        let mut d = Decoder::new(DecodeLimits { max_message_bytes: 64, max_items: 10, ..DecodeLimits::default() });
         assert_eq!(d.decode(b"{\"type\":\"view\xff\"}").unwrap_err().reason, DeadLetterReason::InvalidJson);
         assert_eq!(d.decode(&[b' '; 65]).unwrap_err().reason, DeadLetterReason::TooLarge);
         assert_eq!(d.decode(b"").unwrap_err().reason, DeadLetterReason::InvalidJson);

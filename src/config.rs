@@ -119,15 +119,42 @@ pub struct RawRule {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
+    /// Longest message accepted (bytes); longer ones are dead-lettered `too_large`.
     pub max_message_bytes: i64,
+    /// Most items in a purchase or refund.
     pub max_items_per_purchase: i64,
+    /// Longest id in bytes (SPEC §1: at most 256).
+    pub max_id_bytes: i64,
+    /// Deepest JSON nesting (objects and arrays) accepted.
+    pub max_json_depth: i64,
+    /// Touches kept per shopper (oldest dropped first, counted).
     pub max_touches_per_user: i64,
+    /// Live touches a worker (or replay) holds before it applies back-pressure.
+    pub max_live_touches: i64,
+    /// Purchases waiting for the watermark before back-pressure.
+    pub max_pending_purchases: i64,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
-        RawLimits { max_message_bytes: 1024 * 1024, max_items_per_purchase: 1000, max_touches_per_user: 10_000 }
+        RawLimits {
+            max_message_bytes: 1024 * 1024,
+            max_items_per_purchase: 1000,
+            max_id_bytes: 256,
+            max_json_depth: 32,
+            max_touches_per_user: 10_000,
+            max_live_touches: 50_000_000,
+            max_pending_purchases: 1_000_000,
+        }
     }
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Address for `/metrics`, `/healthz` and `/readyz` (empty: no HTTP server).
+    pub listen: String,
 }
 
 /// `[kafka]`.
@@ -157,6 +184,10 @@ pub struct RawKafka {
     pub read_ahead: String,
     /// Upper bound for a graceful shutdown (SIGTERM/SIGINT).
     pub shutdown_timeout: String,
+    /// `false`: no transactions; offsets are committed after the records are delivered
+    /// (at least once: a crash may repeat records). For benchmarks and for sinks that
+    /// deduplicate by `commission_id` themselves.
+    pub exactly_once: bool,
     /// Passed to librdkafka as is (may hold secrets: never logged).
     pub client: BTreeMap<String, String>,
 }
@@ -177,6 +208,7 @@ impl Default for RawKafka {
             session_timeout: "10s".into(),
             read_ahead: "30s".into(),
             shutdown_timeout: "10s".into(),
+            exactly_once: true,
             client: BTreeMap::new(),
         }
     }
@@ -194,6 +226,11 @@ impl std::fmt::Debug for RawKafka {
             .field("transactional_id", &self.transactional_id)
             .field("commit_interval", &self.commit_interval)
             .field("snapshot_interval", &self.snapshot_interval)
+            .field("transaction_timeout", &self.transaction_timeout)
+            .field("session_timeout", &self.session_timeout)
+            .field("read_ahead", &self.read_ahead)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("exactly_once", &self.exactly_once)
             .field("client", &redacted(&self.client))
             .finish()
     }
@@ -219,6 +256,7 @@ pub struct RawConfig {
     pub commission: RawCommission,
     pub limits: RawLimits,
     pub kafka: RawKafka,
+    pub metrics: RawMetrics,
 }
 
 /// The checked configuration.
@@ -236,6 +274,12 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// See `kafka.read_ahead`.
     pub read_ahead: Millis,
+    /// See `limits.max_live_touches`.
+    pub max_live_touches: usize,
+    /// See `limits.max_pending_purchases`.
+    pub max_pending_purchases: usize,
+    /// `metrics.listen`, parsed (`None`: off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -420,6 +464,14 @@ impl RawConfig {
             limits: DecodeLimits {
                 max_message_bytes: positive("limits.max_message_bytes", l.max_message_bytes)?,
                 max_items: positive("limits.max_items_per_purchase", l.max_items_per_purchase)?,
+                max_id_bytes: positive("limits.max_id_bytes", l.max_id_bytes).and_then(|n| {
+                    if n <= 256 {
+                        Ok(n)
+                    } else {
+                        Err(invalid("limits.max_id_bytes", "SPEC §1 allows at most 256"))
+                    }
+                })?,
+                max_depth: positive("limits.max_json_depth", l.max_json_depth)?,
             },
             idle_timeout: Duration::from_millis(idle_ms as u64),
             max_future_skew: duration("time.max_future_skew", &t.max_future_skew)?,
@@ -430,6 +482,14 @@ impl RawConfig {
             session_timeout: ms("kafka.session_timeout", &k.session_timeout)?,
             shutdown_timeout: ms("kafka.shutdown_timeout", &k.shutdown_timeout)?,
             read_ahead: duration("kafka.read_ahead", &k.read_ahead)?,
+            max_live_touches: positive("limits.max_live_touches", l.max_live_touches)?,
+            max_pending_purchases: positive("limits.max_pending_purchases", l.max_pending_purchases)?,
+            metrics_listen: match self.metrics.listen.trim() {
+                "" => None,
+                a => Some(a.parse().map_err(|e| {
+                    invalid("metrics.listen", format!("{a:?} is not an address like 127.0.0.1:9898 ({e})"))
+                })?),
+            },
         })
     }
 }

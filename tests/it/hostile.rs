@@ -70,7 +70,7 @@ fn a_10_mb_message_and_100_000_items_are_rejected_by_size() {
         &format!("[{}]", vec![item; 100_000].join(",")),
     );
     // Within the size limit the item limit still applies.
-    let mut roomy = Decoder::new(DecodeLimits { max_message_bytes: 64 << 20, max_items: 1000 });
+    let mut roomy = Decoder::new(DecodeLimits { max_message_bytes: 64 << 20, ..DecodeLimits::default() });
     let e = roomy.decode(many.as_bytes()).unwrap_err();
     assert_eq!(e.reason, DeadLetterReason::InvalidEvent);
     assert!(e.message.contains("100000 items"), "{}", e.message);
