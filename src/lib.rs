@@ -16,12 +16,14 @@
 //! - [`gen`]: the seeded synthetic workload.
 //! - [`worker`]: the Kafka streaming worker (`attrib run`): consumer group, transactions,
 //!   state rebuilt from snapshots and an order log; and `attrib produce`.
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
 //! - `main.rs`: the thin command line (`replay`, `gen`, `run`, `produce`).
 
 pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod gen;
+pub mod metrics;
 pub mod model;
 pub mod replay;
 pub mod worker;

@@ -10,8 +10,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use attrib::config::Config;
+use attrib::engine::{Engine, Stats};
 use attrib::gen::{generate, GenKind, GenOptions};
-use attrib::replay::replay_files;
+use attrib::metrics::Metrics;
+use attrib::replay::{open_files, replay_observed, JsonLinesSink, Observer};
 
 /// Credits creators for the sales they drive.
 #[derive(Parser)]
@@ -41,6 +43,10 @@ struct RunArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
+    /// Stop (commit and exit 0) once every assigned input partition has reached the end
+    /// offset it had when this worker got it: a catch-up run, and the macro benchmark.
+    #[arg(long)]
+    stop_at_end: bool,
 }
 
 #[derive(Args)]
@@ -52,6 +58,10 @@ struct ProduceArgs {
     /// the last event, so the worker's watermark passes everything sent.
     #[arg(long)]
     flush_marker: bool,
+    /// Lines per second, sent at a steady pace (for latency benchmarks); 0: as fast as
+    /// possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// JSONL files.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -68,7 +78,9 @@ struct ReplayArgs {
     /// Write dead letters here (otherwise they are only counted).
     #[arg(long)]
     dlq: Option<PathBuf>,
-    /// Print only the summary.
+    /// Print only the summary: no records on stdout (unless --out), no progress bar.
+    /// The progress bar also stays off when stderr is not a terminal, or when records
+    /// go to a terminal on stdout.
     #[arg(long, short)]
     quiet: bool,
     /// Input files; each is one input with its own watermark.
@@ -135,7 +147,9 @@ fn run(cli: Cli) -> Result<()> {
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    // Colours only on a terminal: logs collected from a file or a pipe stay plain text.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_ansi(io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
@@ -150,19 +164,24 @@ fn run_worker(args: RunArgs) -> Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, shutdown.clone()).context("installing signal handlers")?;
     }
-    attrib::worker::run(config, shutdown)?;
+    let options = attrib::worker::RunOptions { stop_at_end: args.stop_at_end };
+    attrib::worker::run(config, shutdown, options)?;
     Ok(())
 }
 
 fn produce(args: ProduceArgs) -> Result<()> {
     let config = Config::load(args.config.as_deref())?;
-    let sent = attrib::worker::produce::produce(&config, &args.files, args.flush_marker)?;
+    let opts = attrib::worker::produce::ProduceOptions { flush_marker: args.flush_marker, rate: args.rate };
+    let sent = attrib::worker::produce::produce(&config, &args.files, &opts)?;
     for (topic, n) in config.kafka.input_topics.iter().zip(&sent.per_topic) {
         eprintln!("{topic}: {n} messages");
     }
     if sent.markers > 0 {
         eprintln!("flush markers: {}", sent.markers);
     }
+    let secs = sent.elapsed.as_secs_f64();
+    let events = sent.events();
+    eprintln!("produced {events} events in {secs:.3} s = {:.0} events/s", events as f64 / secs.max(1e-9));
     Ok(())
 }
 
@@ -180,12 +199,70 @@ fn replay(args: ReplayArgs) -> Result<()> {
         Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
         None => None,
     };
-    let summary = replay_files(&config, &args.files, records, dlq)?;
+    let total_bytes: u64 = args.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let show_bar = !args.quiet && io::stderr().is_terminal() && (args.out.is_some() || !io::stdout().is_terminal());
+    let bar = if show_bar { indicatif::ProgressBar::new(total_bytes) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}",
+        )
+        .expect("valid progress template"),
+    );
+    // Metrics only when asked for (`metrics.listen`): a replay is usually short.
+    let metrics = Arc::new(Metrics::new());
+    let _server = match config.metrics_listen {
+        Some(addr) => {
+            let health = Arc::new(attrib::metrics::Health::new(std::time::Duration::from_secs(60)));
+            health.set_assigned(true);
+            health.set_producer_ready(true);
+            let server = attrib::metrics::serve(addr, metrics.clone(), health)
+                .with_context(|| format!("metrics.listen {addr}"))?;
+            eprintln!("serving /metrics on http://{}", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let mut observer = ReplayProgress {
+        bar: bar.clone(),
+        metrics: config.metrics_listen.map(|_| metrics.clone()),
+        last: Stats::default(),
+        last_bytes: 0,
+        start: std::time::Instant::now(),
+    };
+    let mut sink = JsonLinesSink::new(records, dlq);
+    let summary = replay_observed(&config, open_files(&args.files)?, &mut sink, &mut observer)?;
+    sink.flush()?;
+    bar.finish_and_clear();
     eprintln!("{summary}");
     if !io::stderr().is_terminal() {
         io::stderr().flush()?;
     }
     Ok(())
+}
+
+/// The replay's progress bar (bytes, events/s) and, if served, its metrics.
+struct ReplayProgress {
+    bar: indicatif::ProgressBar,
+    metrics: Option<Arc<Metrics>>,
+    last: Stats,
+    last_bytes: u64,
+    start: std::time::Instant,
+}
+
+impl Observer for ReplayProgress {
+    fn observe(&mut self, bytes_read: u64, engine: &Engine) {
+        let events = engine.stats().events_in;
+        let rate = events as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_position(bytes_read);
+        self.bar.set_message(format!("{events} events, {rate:.0} events/s"));
+        if let Some(m) = &self.metrics {
+            m.add_stats(&self.last, engine.stats());
+            m.add_bytes(bytes_read - self.last_bytes);
+            m.set_state(0, engine.live_touches(), engine.shoppers(), engine.pending(), engine.ledger_len());
+            self.last.clone_from(engine.stats());
+            self.last_bytes = bytes_read;
+        }
+    }
 }
 
 fn gen(args: GenArgs) -> Result<()> {

@@ -92,6 +92,28 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Wall time from reading a purchase or refund to writing its records, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Most live touches and pending purchases seen (sampled every [`OBSERVE_EVERY`] lines).
+    pub peak_live_touches: usize,
+    pub peak_pending: usize,
+    /// The limits they are compared with (`limits.max_live_touches`, `max_pending_purchases`).
+    pub max_live_touches: usize,
+    pub max_pending_purchases: usize,
+}
+
+/// Lines between two looks at the state (peaks, progress).
+pub const OBSERVE_EVERY: u64 = 4096;
+
+/// Watches a replay as it goes: progress bars, metrics.
+pub trait Observer {
+    /// Called every [`OBSERVE_EVERY`] lines and once at the end.
+    fn observe(&mut self, bytes_read: u64, engine: &Engine);
+}
+
+/// Watches nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn observe(&mut self, _: u64, _: &Engine) {}
 }
 
 impl Summary {
@@ -151,7 +173,22 @@ pub fn replay<R: BufRead, S: Sink + ?Sized>(
     inputs: Vec<Input<R>>,
     sink: &mut S,
 ) -> io::Result<Summary> {
+    replay_observed(config, inputs, sink, &mut NoObserver)
+}
+
+/// [`replay`], reporting progress to `observer`.
+///
+/// Replay has no back-pressure to apply: it already reads the input furthest behind in
+/// event time next, which is what the worker falls back to under back-pressure. It
+/// reports the state's peaks against the limits instead (see [`Summary`]).
+pub fn replay_observed<R: BufRead, S: Sink + ?Sized>(
+    config: &Config,
+    inputs: Vec<Input<R>>,
+    sink: &mut S,
+    observer: &mut dyn Observer,
+) -> io::Result<Summary> {
     let start = Instant::now();
+    let (mut peak_live_touches, mut peak_pending, mut lines) = (0, 0, 0u64);
     let mut engine = Engine::new(config.engine.clone());
     let mut decoder = Decoder::new(config.limits);
     let mut watermarks = Watermarks::new(inputs.len(), config.engine.max_out_of_orderness);
@@ -176,6 +213,12 @@ pub fn replay<R: BufRead, S: Sink + ?Sized>(
         } else {
             bytes_read += n as u64;
             r.line_no += 1;
+            lines += 1;
+            if lines % OBSERVE_EVERY == 0 {
+                peak_live_touches = peak_live_touches.max(engine.live_touches());
+                peak_pending = peak_pending.max(engine.pending());
+                observer.observe(bytes_read, &engine);
+            }
             let raw = trim_line(&line);
             if raw.iter().all(u8::is_ascii_whitespace) {
                 continue; // a blank line is not an event
@@ -209,11 +252,23 @@ pub fn replay<R: BufRead, S: Sink + ?Sized>(
             return Err(e);
         }
     }
+    peak_live_touches = peak_live_touches.max(engine.live_touches());
+    peak_pending = peak_pending.max(engine.pending());
     engine.finish(&mut out);
     if let Some(e) = out.error.take() {
         return Err(e);
     }
-    Ok(Summary { stats: engine.stats().clone(), bytes_read, elapsed: start.elapsed(), latency_us: out.latency_us })
+    observer.observe(bytes_read, &engine);
+    Ok(Summary {
+        stats: engine.stats().clone(),
+        bytes_read,
+        elapsed: start.elapsed(),
+        latency_us: out.latency_us,
+        peak_live_touches,
+        peak_pending,
+        max_live_touches: config.max_live_touches,
+        max_pending_purchases: config.max_pending_purchases,
+    })
 }
 
 fn trim_line(line: &[u8]) -> &[u8] {
@@ -325,6 +380,17 @@ impl std::fmt::Display for Summary {
                 h.max()
             )?;
         }
+        let over = |peak: usize, limit: usize| if peak > limit { " OVER THE LIMIT" } else { "" };
+        writeln!(
+            f,
+            "  state      peak live touches {} (limit {}{}), peak pending purchases {} (limit {}{})",
+            self.peak_live_touches,
+            self.max_live_touches,
+            over(self.peak_live_touches, self.max_live_touches),
+            self.peak_pending,
+            self.max_pending_purchases,
+            over(self.peak_pending, self.max_pending_purchases)
+        )?;
         write!(f, "  accounted  {} of {} inputs (processed + duplicates + dead letters)", s.accounted(), s.events_in)
     }
 }

@@ -123,8 +123,28 @@ impl Env {
     }
 
     fn start_worker(&self, instance: &str) -> Child {
+        self.start_worker_with(instance, &[], &[])
+    }
+
+    /// A worker with extra environment and `attrib run` arguments.
+    fn start_worker_with(&self, instance: &str, env: &[(&str, &str)], args: &[&str]) -> Child {
         let log = std::fs::File::create(self.dir.path().join(format!("{instance}.log"))).unwrap();
-        self.attrib(instance).arg("run").stdout(Stdio::null()).stderr(log).spawn().unwrap()
+        let mut c = self.attrib(instance);
+        c.envs(env.iter().copied()).arg("run").args(args);
+        c.stdout(Stdio::null()).stderr(log).spawn().unwrap()
+    }
+
+    /// Messages in the input topics (their end offsets).
+    fn input_messages(&self) -> i64 {
+        let consumer: BaseConsumer = client().create().unwrap();
+        let mut n = 0;
+        for t in self.inputs() {
+            for p in 0..PARTITIONS {
+                let (low, high) = consumer.fetch_watermarks(&t, p, Duration::from_secs(10)).unwrap();
+                n += high - low;
+            }
+        }
+        n
     }
 
     fn worker_log(&self, instance: &str) -> String {
@@ -333,6 +353,35 @@ fn murmur2(data: &[u8]) -> u32 {
     h ^ (h >> 15)
 }
 
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` over HTTP/1.0: (status, body), or `None` if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Some((code, body))
+}
+
+/// Prometheus text format → series (name with labels) → value.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 fn client() -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers());
@@ -462,8 +511,40 @@ fn malformed_and_oversized_messages_go_to_the_dead_letter_topic() {
     }
     producer.flush(Duration::from_secs(30)).unwrap();
     env.produce(&[&env.workload]);
-    let worker = env.start_worker("w1");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let worker = env.start_worker_with("w1", &[("ATTRIB__METRICS__LISTEN", &listen)], &[]);
+    // /healthz answers while the process lives; /readyz turns ready once partitions are
+    // assigned and the producer is ready.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if http_get(port, "/readyz").is_some_and(|(code, _)| code == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never turned ready\n{}", env.logs_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(port, "/healthz").map(|(code, _)| code), Some(200));
     env.wait_progress(1.0, LIMIT);
+    // Counters are exported at every commit; the commit after the last offset is done.
+    let (code, text) = http_get(port, "/metrics").expect("metrics answer");
+    assert_eq!(code, 200);
+    let m = parse_metrics(&text);
+    let sum = |name: &str, filter: &dyn Fn(&str) -> bool| -> f64 {
+        m.iter().filter(|(k, _)| k.starts_with(&format!("{name}{{")) && filter(k)).map(|(_, v)| v).sum()
+    };
+    let produced = env.input_messages() as f64;
+    let inputs = m.get("attrib_inputs_total").copied().unwrap_or(-1.0);
+    let used = sum("attrib_events_total", &|k| !k.contains("outcome=\"too_late\""));
+    let dead_letters = sum("attrib_dead_letters_total", &|_| true);
+    assert_eq!(inputs, produced, "attrib_inputs_total counts every message produced");
+    assert_eq!(used + dead_letters, produced, "processed + duplicates + dead letters = messages produced");
+    assert_eq!(
+        sum("attrib_dead_letters_total", &|k| k.contains("reason=\"too_large\"")),
+        f64::from(PARTITIONS),
+        "oversized messages counted"
+    );
+    assert!(sum("attrib_records_total", &|_| true) > 0.0 && m.contains_key("attrib_live_touches{partition=\"0\"}"));
     let status = stop(worker, Duration::from_secs(30));
     assert!(status.success(), "worker exit: {status}\n{}", env.worker_log("w1"));
     env.assert_output_equals_replay();
@@ -493,5 +574,30 @@ fn sigterm_exits_cleanly_and_a_restart_continues() {
     env.wait_progress(1.0, LIMIT);
     let status = stop(worker, Duration::from_secs(15));
     assert!(status.success(), "worker exit: {status}");
+    env.assert_output_equals_replay();
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn transactions_off_catch_up_run_output_equals_replay() {
+    // kafka.exactly_once = false (at least once) with no crash gives the same records;
+    // --stop-at-end exits 0 by itself once the input is consumed and every input is idle.
+    let env = Env::new("noeos", workload(606));
+    env.produce(&[&env.workload]);
+    let mut worker = env.start_worker_with("w1", &[("ATTRIB__KAFKA__EXACTLY_ONCE", "false")], &["--stop-at-end"]);
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "--stop-at-end worker still running\n{}", env.logs_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "worker exit: {status}\n{}", env.worker_log("w1"));
+    let log = env.worker_log("w1");
+    assert!(log.contains("caught up") && log.contains("events_per_sec="), "catch-up line logged\n{log}");
+    let consumer: BaseConsumer = client().set("group.id", env.topic("group")).create().unwrap();
+    let (done, end) = env.progress(&consumer);
+    assert_eq!(done, end, "every input offset committed by the consumer");
     env.assert_output_equals_replay();
 }

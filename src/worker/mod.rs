@@ -13,6 +13,16 @@
 //!   state at the last commit.
 //! - Any transaction failure that is not fatal aborts, throws away all in-memory state
 //!   and rebuilds it from Kafka; a fatal one (fenced producer) exits non-zero.
+//! - `kafka.exactly_once = false` drops the transactions: records are flushed, then the
+//!   offsets (with the same snapshot metadata) are committed by the consumer. A crash
+//!   then repeats the records since the last commit (at least once); the state still
+//!   rebuilds the same way.
+//! - **Back-pressure**: above `limits.max_live_touches` or `limits.max_pending_purchases`
+//!   a group reads only the input furthest behind in event time, so the watermark
+//!   advances and evicts before anything else is added (see [`Core::align`]).
+//! - **Latency**: the time from receiving the message that makes a record final to the
+//!   commit of the transaction holding it (`processing latency`); the watermark's own
+//!   hold (a purchase waits until the watermark passes it) is measured apart.
 
 pub mod produce;
 pub mod state;
@@ -23,10 +33,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -38,7 +49,24 @@ use self::state::{snapshot_chunks, CommitMeta, RestoreContext, StateMsg};
 use self::task::{Task, TaskOutput, TaskSettings};
 use crate::codec::{encode_record, Decoder};
 use crate::config::Config;
+use crate::engine::Stats;
+use crate::metrics::{Health, Metrics};
 use crate::model::{DeadLetter, Record};
+
+/// How `attrib run` was started, besides the config.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stop (commit, leave the group, return) once every assigned input partition has
+    /// reached the end offset it had when this worker got it: a catch-up run.
+    pub stop_at_end: bool,
+}
+
+/// Shared observability handles.
+#[derive(Clone)]
+pub struct Observe {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
 
 /// Why the worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -133,11 +161,35 @@ struct Core {
     unrestored: BTreeSet<i32>,
     /// Input partitions paused because they ran ahead of their group's watermark.
     paused: BTreeSet<(i32, u8)>,
+    /// A transaction is open (exactly once) or something is waiting to be committed.
     in_txn: bool,
     last_commit: Instant,
     last_snapshot: HashMap<i32, Instant>,
     records: u64,
     fatal: Option<WorkerError>,
+    /// Time origin for message receive stamps (nanoseconds since `epoch`).
+    epoch: Instant,
+    /// Receive stamps of the messages that made the records of the open transaction.
+    open_stamps: Vec<u64>,
+    /// Processing latency in µs (receive → commit), and the watermark hold in µs
+    /// (purchase received → its records emitted).
+    latency: Histogram<u64>,
+    hold: Histogram<u64>,
+    observe: Observe,
+    /// Engine counters as last exported to the metrics, per group.
+    exported: HashMap<i32, Stats>,
+    /// (group, input) → (low, high) offsets seen when the group was restored
+    /// (`--stop-at-end` only).
+    ends: HashMap<(i32, u8), (i64, i64)>,
+    stop_at_end: bool,
+    /// Live messages handled (and their bytes), when the first one came, and when the
+    /// worker caught up (`--stop-at-end`).
+    handled: u64,
+    bytes_in: u64,
+    first_message: Option<Instant>,
+    caught_up_logged: bool,
+    /// Groups under back-pressure.
+    pressed: BTreeSet<i32>,
 }
 
 /// The consumer's context: hands rebalances to the core.
@@ -145,13 +197,27 @@ struct ConsumerCtx {
     core: Arc<Mutex<Core>>,
 }
 
-impl ClientContext for ConsumerCtx {}
+impl ClientContext for ConsumerCtx {
+    /// librdkafka statistics (every `statistics.interval.ms`): consumer lag per partition.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Ok(core) = self.core.try_lock() else { return };
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    core.observe.metrics.set_consumer_lag(topic, *p, part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for ConsumerCtx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut core = self.core.lock().expect("not poisoned");
             info!(partitions = tpl.count(), "partitions revoked: committing and handing over");
+            core.observe.metrics.rebalance("revoke");
+            core.observe.health.set_assigned(false);
             if let Err(e) = core.commit(consumer, true) {
                 warn!(error = %e, "commit before revocation failed; the next owner redoes the uncommitted part");
                 if e.is_fatal() {
@@ -160,10 +226,16 @@ impl ConsumerContext for ConsumerCtx {
                     core.abort();
                 }
             }
+            for p in core.tasks.keys() {
+                core.observe.metrics.remove_partition(*p);
+            }
             core.tasks.clear();
+            core.exported.clear();
             core.unrestored.clear();
             core.last_seen.clear();
             core.paused.clear();
+            core.pressed.clear();
+            core.ends.clear();
         }
     }
 
@@ -173,6 +245,8 @@ impl ConsumerContext for ConsumerCtx {
                 let mut core = self.core.lock().expect("not poisoned");
                 let groups: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(groups = ?groups, "partitions assigned");
+                core.observe.metrics.rebalance("assign");
+                core.observe.health.set_assigned(!groups.is_empty());
                 core.unrestored.extend(groups);
             }
             Rebalance::Revoke(_) => {}
@@ -188,6 +262,10 @@ struct LiveOut<'a> {
     dlq_topic: &'a str,
     buf: Vec<u8>,
     records: u64,
+    /// Receive stamp of the message being handled (nanoseconds since the core's epoch).
+    received: u64,
+    stamps: &'a mut Vec<u64>,
+    hold: &'a mut Histogram<u64>,
 }
 
 impl LiveOut<'_> {
@@ -201,7 +279,12 @@ impl LiveOut<'_> {
 }
 
 impl TaskOutput for LiveOut<'_> {
-    fn record(&mut self, record: Record, _tag: u64) {
+    fn record(&mut self, record: Record, tag: u64) {
+        // `tag`: when the purchase or refund was received (0: restored, unknown).
+        if tag > 0 && tag <= self.received {
+            self.hold.saturating_record((self.received - tag) / 1000);
+        }
+        self.stamps.push(self.received);
         self.buf.clear();
         encode_record(&record, &mut self.buf);
         self.buf.pop(); // no newline in a Kafka value
@@ -225,10 +308,16 @@ impl Core {
 
     fn ensure_txn(&mut self) -> Result<(), WorkerError> {
         if !self.in_txn {
-            self.producer.begin_transaction().map_err(WorkerError::kafka("beginning a transaction"))?;
+            if self.config.kafka.exactly_once {
+                self.producer.begin_transaction().map_err(WorkerError::kafka("beginning a transaction"))?;
+            }
             self.in_txn = true;
         }
         Ok(())
+    }
+
+    fn stamp(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     /// Rebuilds every assigned partition group that is not yet restored.
@@ -258,8 +347,15 @@ impl Core {
             );
             for i in 0..self.inputs.len() {
                 self.last_seen.insert((p, i as u8), Instant::now());
+                if self.stop_at_end {
+                    let ends = consumer
+                        .fetch_watermarks(&self.inputs[i], p, Duration::from_secs(30))
+                        .map_err(WorkerError::kafka("reading end offsets"))?;
+                    self.ends.insert((p, i as u8), ends);
+                }
             }
             self.last_snapshot.insert(p, Instant::now());
+            self.exported.insert(p, task.state.engine.stats().clone());
             self.tasks.insert(p, task);
         }
         Ok(())
@@ -273,17 +369,24 @@ impl Core {
             self.restore_pending(consumer)?;
         }
         self.ensure_txn()?;
-        let Core { tasks, producer, config, decoder, last_seen, records, .. } = self;
+        let received = self.stamp();
+        let Core { tasks, producer, config, decoder, last_seen, records, open_stamps, hold, .. } = self;
         let task = tasks.get_mut(&p).expect("restored above");
         if task.state.positions[input].is_some_and(|pos| msg.offset() < pos) {
             return Ok(()); // already in the state (a re-delivery after a seek)
         }
+        self.handled += 1;
+        self.bytes_in += msg.payload_len() as u64;
+        self.first_message.get_or_insert_with(Instant::now);
         let mut out = LiveOut {
             producer,
             output_topic: &config.kafka.output_topic,
             dlq_topic: &config.kafka.dlq_topic,
             buf: Vec::new(), // most messages (touches) write nothing
             records: 0,
+            received,
+            stamps: open_stamps,
+            hold,
         };
         // Whole seconds: consecutive messages share a log step.
         let now = now_ms() / 1000 * 1000;
@@ -293,7 +396,7 @@ impl Core {
             msg.offset(),
             msg.payload().unwrap_or_default(),
             now,
-            0,
+            received,
             decoder,
             &mut out,
         );
@@ -307,11 +410,41 @@ impl Core {
     /// partition that is slow to deliver (a backlog, a large message) then cannot let the
     /// others race ahead; without this, per-shopper touch caps and state size would depend
     /// on fetch timing. Replay reads files the same way (the one furthest behind first).
+    ///
+    /// Back-pressure: while this worker holds more than `limits.max_live_touches` touches
+    /// or `limits.max_pending_purchases` pending purchases, the allowance shrinks to
+    /// `max_out_of_orderness`: only the input(s) furthest behind in event time are read.
+    /// They are what holds the watermark back, so reading them advances it, which evicts
+    /// touches and settles purchases; nothing is dropped and the group never stops.
     fn align(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<(), WorkerError> {
-        let read_ahead = self.config.read_ahead;
+        let touches: usize = self.tasks.values().map(|t| t.state.engine.live_touches()).sum();
+        let pending: usize = self.tasks.values().map(|t| t.state.engine.pending()).sum();
+        let over_touches = touches > self.config.max_live_touches;
+        let over_pending = pending > self.config.max_pending_purchases;
+        self.observe.metrics.set_backpressure("live_touches", over_touches);
+        self.observe.metrics.set_backpressure("pending_purchases", over_pending);
+        let pressed = over_touches || over_pending;
+        if pressed == self.pressed.is_empty() {
+            if pressed {
+                warn!(
+                    touches,
+                    pending,
+                    max_live_touches = self.config.max_live_touches,
+                    max_pending_purchases = self.config.max_pending_purchases,
+                    "state limit reached: back-pressure, reading only the inputs furthest behind in event time"
+                );
+                self.pressed = self.tasks.keys().copied().collect();
+            } else {
+                info!(touches, pending, "state back under its limits: back-pressure released");
+                self.pressed.clear();
+            }
+        }
+        let normal = self.config.read_ahead;
+        let tight = self.config.engine.max_out_of_orderness;
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
         for (p, task) in &self.tasks {
+            let read_ahead = if pressed { tight } else { normal };
             let w = task.state.watermarks.current();
             for (i, topic) in self.inputs.iter().enumerate() {
                 let key = (*p, i as u8);
@@ -365,7 +498,8 @@ impl Core {
             return Ok(());
         }
         self.ensure_txn()?;
-        let Core { tasks, producer, config, records, .. } = self;
+        let received = self.stamp();
+        let Core { tasks, producer, config, records, open_stamps, hold, .. } = self;
         for (p, i) in due {
             let mut out = LiveOut {
                 producer,
@@ -373,6 +507,9 @@ impl Core {
                 dlq_topic: &config.kafka.dlq_topic,
                 buf: Vec::new(),
                 records: 0,
+                received,
+                stamps: open_stamps,
+                hold,
             };
             if let Some(task) = tasks.get_mut(&p) {
                 task.set_idle(i, &mut out);
@@ -384,10 +521,12 @@ impl Core {
 
     /// Writes the order log (and due snapshots) and commits records + offsets atomically.
     fn commit(&mut self, consumer: &BaseConsumer<ConsumerCtx>, force_snapshot: bool) -> Result<(), WorkerError> {
+        self.export_state();
         if !self.in_txn {
             self.last_commit = Instant::now();
             return Ok(());
         }
+        let started = Instant::now();
         let state_topic = self.config.kafka.state_topic.clone();
         let mut snapshotted = Vec::new();
         for (p, task) in &mut self.tasks {
@@ -430,13 +569,26 @@ impl Core {
                 }
             }
         }
-        let cgm = consumer.group_metadata().ok_or_else(|| WorkerError::Setup("no consumer group metadata".into()))?;
-        self.producer
-            .send_offsets_to_transaction(&tpl, &cgm, timeout)
-            .map_err(WorkerError::kafka("sending offsets to the transaction"))?;
-        self.producer.commit_transaction(timeout).map_err(WorkerError::kafka("committing the transaction"))?;
+        if self.config.kafka.exactly_once {
+            let cgm =
+                consumer.group_metadata().ok_or_else(|| WorkerError::Setup("no consumer group metadata".into()))?;
+            self.producer
+                .send_offsets_to_transaction(&tpl, &cgm, timeout)
+                .map_err(WorkerError::kafka("sending offsets to the transaction"))?;
+            self.producer.commit_transaction(timeout).map_err(WorkerError::kafka("committing the transaction"))?;
+        } else if tpl.count() > 0 {
+            // Everything above is delivered (flushed, no failures): now the offsets.
+            consumer.commit(&tpl, CommitMode::Sync).map_err(WorkerError::kafka("committing offsets"))?;
+        }
         self.in_txn = false;
         self.last_commit = Instant::now();
+        self.observe.metrics.transaction_committed(started.elapsed());
+        let now = self.stamp();
+        for stamp in self.open_stamps.drain(..) {
+            let took = now.saturating_sub(stamp);
+            self.latency.saturating_record(took / 1000);
+            self.observe.metrics.observe_latency(Duration::from_nanos(took));
+        }
         for p in snapshotted {
             self.last_snapshot.insert(p, Instant::now());
         }
@@ -446,18 +598,60 @@ impl Core {
     /// Aborts the open transaction and forgets all in-memory state: every assigned group
     /// is rebuilt from Kafka and the consumer goes back to the committed offsets.
     fn abort(&mut self) {
+        self.open_stamps.clear();
         if self.in_txn {
+            self.observe.metrics.transaction_aborted();
+        }
+        if self.in_txn && self.config.kafka.exactly_once {
             if let Err(e) = self.producer.abort_transaction(self.config.transaction_timeout) {
                 error!(error = %e, "aborting the transaction failed");
                 if is_fatal(&e) {
                     self.fatal = Some(WorkerError::Kafka { context: "aborting", source: e });
                 }
             }
-            self.in_txn = false;
         }
+        self.in_txn = false;
         let groups: Vec<i32> = self.tasks.keys().copied().collect();
         self.unrestored.extend(groups);
         self.tasks.clear();
+        self.exported.clear();
+    }
+
+    /// Counter deltas and state gauges of every group, to the metrics.
+    fn export_state(&mut self) {
+        self.observe.metrics.add_bytes(std::mem::take(&mut self.bytes_in));
+        let now = now_ms();
+        for (p, task) in &self.tasks {
+            let engine = &task.state.engine;
+            if let Some(before) = self.exported.get_mut(p) {
+                self.observe.metrics.add_stats(before, engine.stats());
+                before.clone_from(engine.stats());
+            }
+            self.observe.metrics.set_state(
+                *p,
+                engine.live_touches(),
+                engine.shoppers(),
+                engine.pending(),
+                engine.ledger_len(),
+            );
+            self.observe.metrics.set_watermark_lag(*p, task.state.watermarks.current().map(|w| now.saturating_sub(w)));
+        }
+    }
+
+    /// `--stop-at-end`: caught up, and every input idle, so the watermark has passed all
+    /// that the input lets it pass (the tail of purchases is written before stopping).
+    fn finished(&self) -> bool {
+        self.caught_up() && self.tasks.values().all(|t| (0..self.inputs.len()).all(|i| t.state.watermarks.is_idle(i)))
+    }
+
+    /// `--stop-at-end`: every assigned input partition has reached its end offset.
+    fn caught_up(&self) -> bool {
+        self.stop_at_end
+            && !self.tasks.is_empty()
+            && self.unrestored.is_empty()
+            && self.ends.iter().all(|((p, i), (low, high))| {
+                self.tasks.get(p).is_some_and(|t| t.state.positions[usize::from(*i)].unwrap_or(*low) >= *high)
+            })
     }
 
     /// Resumes every paused partition (after an abort, state and alignment start over).
@@ -561,7 +755,20 @@ fn prepare_topics(config: &Config) -> Result<i32, WorkerError> {
 }
 
 /// Runs the worker until `shutdown` is set (then commits, leaves the group and returns).
-pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<(), WorkerError> {
+pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Result<(), WorkerError> {
+    let observe = Observe {
+        metrics: Arc::new(Metrics::new()),
+        health: Arc::new(Health::new(config.session_timeout.max(Duration::from_secs(30)))),
+    };
+    let _server = match config.metrics_listen {
+        Some(addr) => {
+            let server = crate::metrics::serve(addr, observe.metrics.clone(), observe.health.clone())
+                .map_err(|e| WorkerError::Setup(format!("metrics.listen {addr}: {e}")))?;
+            info!(addr = %server.addr(), "serving /metrics, /healthz and /readyz");
+            Some(server)
+        }
+        None => None,
+    };
     let partitions = prepare_topics(&config)?;
     info!(
         brokers = %config.kafka.brokers,
@@ -572,14 +779,22 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<(), WorkerError>
         "starting worker"
     );
     let mut pc = client_config(&config);
-    pc.set("transactional.id", &config.kafka.transactional_id)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string());
+    pc.set("enable.idempotence", "true").set("linger.ms", "5");
+    if config.kafka.exactly_once {
+        pc.set("transactional.id", &config.kafka.transactional_id)
+            .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string());
+    } else {
+        warn!("kafka.exactly_once = false: no transactions; a crash may repeat records (at least once)");
+    }
     let producer: BaseProducer<ProducerCtx> = with_user_settings(pc, &config)
         .create_with_context(ProducerCtx::default())
         .map_err(WorkerError::kafka("creating the producer"))?;
-    producer.init_transactions(config.transaction_timeout).map_err(WorkerError::kafka("initialising transactions"))?;
+    if config.kafka.exactly_once {
+        producer
+            .init_transactions(config.transaction_timeout)
+            .map_err(WorkerError::kafka("initialising transactions"))?;
+    }
+    observe.health.set_producer_ready(true);
 
     let mut rc = client_config(&config);
     rc.set("group.id", format!("{}-restore", config.kafka.group_id))
@@ -605,6 +820,19 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<(), WorkerError>
         last_snapshot: HashMap::new(),
         records: 0,
         fatal: None,
+        epoch: Instant::now(),
+        open_stamps: Vec::new(),
+        latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+        hold: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+        observe: observe.clone(),
+        exported: HashMap::new(),
+        ends: HashMap::new(),
+        stop_at_end: options.stop_at_end,
+        handled: 0,
+        bytes_in: 0,
+        first_message: None,
+        caught_up_logged: false,
+        pressed: BTreeSet::new(),
     }));
 
     let mut cc = client_config(&config);
@@ -615,6 +843,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<(), WorkerError>
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", config.session_timeout.as_millis().to_string());
+    if config.metrics_listen.is_some() {
+        cc.set("statistics.interval.ms", "5000"); // consumer lag for the metrics
+    }
     let consumer: BaseConsumer<ConsumerCtx> = with_user_settings(cc, &config)
         .create_with_context(ConsumerCtx { core: core.clone() })
         .map_err(WorkerError::kafka("creating the consumer"))?;
@@ -655,6 +886,22 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<(), WorkerError>
             "partition group at shutdown"
         );
     }
+    let pct = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
+    info!(
+        count = c.latency.len(),
+        p50_us = pct(&c.latency, 0.5),
+        p99_us = pct(&c.latency, 0.99),
+        p999_us = pct(&c.latency, 0.999),
+        max_us = c.latency.max(),
+        "processing latency (message received to its records committed)"
+    );
+    info!(
+        count = c.hold.len(),
+        p50_us = pct(&c.hold, 0.5),
+        p99_us = pct(&c.hold, 0.99),
+        max_us = c.hold.max(),
+        "watermark hold (purchase or refund received to its records emitted)"
+    );
     c.tasks.clear();
     drop(c);
     consumer.unsubscribe();
@@ -675,8 +922,23 @@ fn poll_loop(
         // Never hold the lock in poll(): rebalance callbacks take it.
         let mut polled = consumer.poll(Duration::from_millis(50));
         let mut c = core.lock().expect("not poisoned");
+        c.observe.health.progress();
         if let Some(e) = c.fatal.take() {
             return Err(e);
+        }
+        if !c.caught_up_logged && c.caught_up() {
+            c.caught_up_logged = true;
+            let secs = c.first_message.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            info!(
+                events = c.handled,
+                secs = (secs * 1000.0).round() / 1000.0,
+                events_per_sec = (c.handled as f64 / secs.max(1e-9)).round() as u64,
+                "caught up: every assigned input partition reached its end offset"
+            );
+        }
+        if c.finished() {
+            info!("every input idle after catching up: stopping (--stop-at-end)");
+            return Ok(());
         }
         let step = (|| -> Result<(), WorkerError> {
             c.restore_pending(consumer)?;
@@ -702,6 +964,7 @@ fn poll_loop(
         })();
         if let Err(e) = step {
             if e.is_fatal() {
+                c.observe.health.set_producer_ready(false);
                 return Err(e);
             }
             warn!(error = %e, "transaction failed: aborting and rebuilding state from Kafka");
