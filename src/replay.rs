@@ -394,3 +394,21 @@ impl std::fmt::Display for Summary {
         write!(f, "  accounted  {} of {} inputs (processed + duplicates + dead letters)", s.accounted(), s.events_in)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_reports_state_peaks_over_the_limits() {
+        let config = Config { max_live_touches: 2, ..Config::default() };
+        let lines: String = (0..5)
+            .map(|i| format!("{{\"type\":\"click\",\"event_id\":\"c{i}\",\"ts\":{i},\"user_id\":\"u{i}\",\"creator_id\":\"k\"}}\n"))
+            .collect();
+        let (_, summary) = replay_texts(&config, &[&lines]);
+        assert_eq!(summary.peak_live_touches, 5, "sampled at the end at least");
+        assert!(summary.to_string().contains("peak live touches 5 (limit 2 OVER THE LIMIT)"), "{summary}");
+        let (_, summary) = replay_texts(&Config::default(), &[&lines]);
+        assert!(!summary.to_string().contains("OVER THE LIMIT"));
+    }
+}

@@ -579,12 +579,18 @@ fn sigterm_exits_cleanly_and_a_restart_continues() {
 
 #[test]
 #[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
-fn transactions_off_catch_up_run_output_equals_replay() {
+fn transactions_off_catch_up_run_under_back_pressure_output_equals_replay() {
     // kafka.exactly_once = false (at least once) with no crash gives the same records;
     // --stop-at-end exits 0 by itself once the input is consumed and every input is idle.
+    // The live-touch limit (50,000; the groups end with ~165,000) puts the worker under
+    // back-pressure for most of the run: it slows down, nothing is dropped.
     let env = Env::new("noeos", workload(606));
     env.produce(&[&env.workload]);
-    let mut worker = env.start_worker_with("w1", &[("ATTRIB__KAFKA__EXACTLY_ONCE", "false")], &["--stop-at-end"]);
+    let mut worker = env.start_worker_with(
+        "w1",
+        &[("ATTRIB__KAFKA__EXACTLY_ONCE", "false"), ("ATTRIB__LIMITS__MAX_LIVE_TOUCHES", "50000")],
+        &["--stop-at-end"],
+    );
     let deadline = Instant::now() + LIMIT;
     let status = loop {
         if let Some(status) = worker.try_wait().unwrap() {
@@ -596,6 +602,7 @@ fn transactions_off_catch_up_run_output_equals_replay() {
     assert!(status.success(), "worker exit: {status}\n{}", env.worker_log("w1"));
     let log = env.worker_log("w1");
     assert!(log.contains("caught up") && log.contains("events_per_sec="), "catch-up line logged\n{log}");
+    assert!(log.contains("state limit reached: back-pressure"), "back-pressure engaged\n{}", env.logs_tail());
     let consumer: BaseConsumer = client().set("group.id", env.topic("group")).create().unwrap();
     let (done, end) = env.progress(&consumer);
     assert_eq!(done, end, "every input offset committed by the consumer");
