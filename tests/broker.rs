@@ -556,6 +556,9 @@ fn malformed_and_oversized_messages_go_to_the_dead_letter_topic() {
     for d in &dead {
         assert!(d["topic"].is_string() && d["partition"].is_i64() && d["offset"].is_i64(), "source position: {d}");
     }
+    // Dead letters are logged at a sampled rate, never one line each.
+    let logged = env.worker_log("w1").lines().filter(|l| l.contains("dead letter") && l.contains("reason=")).count();
+    assert!(logged >= 1 && logged < 50, "{logged} dead-letter log lines for {} dead letters", dead.len());
 }
 
 #[test]

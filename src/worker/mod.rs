@@ -190,6 +190,7 @@ struct Core {
     caught_up_logged: bool,
     /// Groups under back-pressure.
     pressed: BTreeSet<i32>,
+    dead_letters: SampledLog,
 }
 
 /// The consumer's context: hands rebalances to the core.
@@ -266,6 +267,29 @@ struct LiveOut<'a> {
     received: u64,
     stamps: &'a mut Vec<u64>,
     hold: &'a mut Histogram<u64>,
+    dead_letters: &'a mut SampledLog,
+}
+
+/// Logs dead letters at a sampled rate: the first one, then at most one line per
+/// [`SampledLog::EVERY`] with the number left unlogged since the previous line.
+struct SampledLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl SampledLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn dead_letter(&mut self, d: &DeadLetter) {
+        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        let source = serde_json::to_string(&d.source).unwrap_or_default();
+        warn!(reason = d.reason.as_str(), error = %d.error, source = %source, unlogged_since_last = self.suppressed, "dead letter");
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
 }
 
 impl LiveOut<'_> {
@@ -295,6 +319,7 @@ impl TaskOutput for LiveOut<'_> {
     }
 
     fn dead_letter(&mut self, dead_letter: DeadLetter) {
+        self.dead_letters.dead_letter(&dead_letter);
         let payload = serde_json::to_vec(&dead_letter).expect("dead letters serialise");
         let topic = self.dlq_topic.to_string();
         self.send(&topic, b"", payload);
@@ -370,7 +395,7 @@ impl Core {
         }
         self.ensure_txn()?;
         let received = self.stamp();
-        let Core { tasks, producer, config, decoder, last_seen, records, open_stamps, hold, .. } = self;
+        let Core { tasks, producer, config, decoder, last_seen, records, open_stamps, hold, dead_letters, .. } = self;
         let task = tasks.get_mut(&p).expect("restored above");
         if task.state.positions[input].is_some_and(|pos| msg.offset() < pos) {
             return Ok(()); // already in the state (a re-delivery after a seek)
@@ -387,6 +412,7 @@ impl Core {
             received,
             stamps: open_stamps,
             hold,
+            dead_letters,
         };
         // Whole seconds: consecutive messages share a log step.
         let now = now_ms() / 1000 * 1000;
@@ -499,7 +525,7 @@ impl Core {
         }
         self.ensure_txn()?;
         let received = self.stamp();
-        let Core { tasks, producer, config, records, open_stamps, hold, .. } = self;
+        let Core { tasks, producer, config, records, open_stamps, hold, dead_letters, .. } = self;
         for (p, i) in due {
             let mut out = LiveOut {
                 producer,
@@ -510,6 +536,7 @@ impl Core {
                 received,
                 stamps: open_stamps,
                 hold,
+                dead_letters,
             };
             if let Some(task) = tasks.get_mut(&p) {
                 task.set_idle(i, &mut out);
@@ -833,6 +860,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         first_message: None,
         caught_up_logged: false,
         pressed: BTreeSet::new(),
+        dead_letters: SampledLog { last: None, suppressed: 0 },
     }));
 
     let mut cc = client_config(&config);
