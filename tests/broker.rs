@@ -43,6 +43,17 @@ struct Env {
     workload: PathBuf,
     expected: Vec<Record>,
     invalid_lines: u64,
+    /// Workers started, killed when the test ends (a failed assertion included).
+    children: std::cell::RefCell<Vec<u32>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for pid in self.children.borrow().iter() {
+            // Exited workers: kill fails harmlessly.
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).stderr(Stdio::null()).status();
+        }
+    }
 }
 
 impl Env {
@@ -63,7 +74,14 @@ impl Env {
         let summary =
             replay(&Config::default(), open_files(std::slice::from_ref(&workload)).unwrap(), &mut sink).unwrap();
         assert!(summary.stats.records_commission > 1000, "workload attributes enough purchases");
-        let env = Env { prefix, dir, workload, expected: sink.records, invalid_lines: stats.by_kind[4] };
+        let env = Env {
+            prefix,
+            dir,
+            workload,
+            expected: sink.records,
+            invalid_lines: stats.by_kind[4],
+            children: Default::default(),
+        };
         env.create_topics();
         env
     }
@@ -131,7 +149,9 @@ impl Env {
         let log = std::fs::File::create(self.dir.path().join(format!("{instance}.log"))).unwrap();
         let mut c = self.attrib(instance);
         c.envs(env.iter().copied()).arg("run").args(args);
-        c.stdout(Stdio::null()).stderr(log).spawn().unwrap()
+        let child = c.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.children.borrow_mut().push(child.id());
+        child
     }
 
     /// Messages in the input topics (their end offsets).
