@@ -28,7 +28,7 @@ pub mod produce;
 pub mod state;
 pub mod task;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,7 +39,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -51,7 +51,7 @@ use crate::codec::{encode_record, Decoder};
 use crate::config::Config;
 use crate::engine::Stats;
 use crate::metrics::{Health, Metrics};
-use crate::model::{DeadLetter, Record};
+use crate::model::{DeadLetter, Millis, Record};
 
 /// How `attrib run` was started, besides the config.
 #[derive(Clone, Debug, Default)]
@@ -159,7 +159,14 @@ struct Core {
     last_seen: HashMap<(i32, u8), Instant>,
     /// Assigned partition groups not yet restored.
     unrestored: BTreeSet<i32>,
-    /// Input partitions paused because they ran ahead of their group's watermark.
+    /// Messages of input partitions that ran ahead of their group's watermark, held in
+    /// arrival order until the others catch up, with their total size.
+    held: HashMap<(i32, u8), VecDeque<OwnedMessage>>,
+    held_bytes: HashMap<(i32, u8), usize>,
+    /// How far ahead of its group's watermark an input may be read right now
+    /// (`kafka.read_ahead`, or `max_out_of_orderness` under back-pressure).
+    read_ahead_now: Millis,
+    /// Input partitions paused in the consumer because they hold too much.
     paused: BTreeSet<(i32, u8)>,
     /// A transaction is open (exactly once) or something is waiting to be committed.
     in_txn: bool,
@@ -191,6 +198,10 @@ struct Core {
     /// Groups under back-pressure.
     pressed: BTreeSet<i32>,
     dead_letters: SampledLog,
+    /// Where the poll loop's wall time goes: commits, and waiting for messages.
+    commit_time: Duration,
+    commits: u64,
+    wait_time: Duration,
 }
 
 /// The consumer's context: hands rebalances to the core.
@@ -235,6 +246,8 @@ impl ConsumerContext for ConsumerCtx {
             core.unrestored.clear();
             core.last_seen.clear();
             core.paused.clear();
+            core.held.clear();
+            core.held_bytes.clear();
             core.pressed.clear();
             core.ends.clear();
         }
@@ -386,6 +399,8 @@ impl Core {
         Ok(())
     }
 
+    /// A message from the consumer: processed now, or held if its input partition runs
+    /// ahead of its group's watermark (or already holds earlier messages).
     fn handle(&mut self, consumer: &BaseConsumer<ConsumerCtx>, msg: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
         let Some(input) = self.inputs.iter().position(|t| t == msg.topic()) else { return Ok(()) };
         let p = msg.partition();
@@ -393,15 +408,39 @@ impl Core {
             self.unrestored.insert(p);
             self.restore_pending(consumer)?;
         }
-        self.ensure_txn()?;
-        let received = self.stamp();
-        let Core { tasks, producer, config, decoder, last_seen, records, open_stamps, hold, dead_letters, .. } = self;
-        let task = tasks.get_mut(&p).expect("restored above");
+        let key = (p, input as u8);
+        let task = self.tasks.get(&p).expect("restored above");
         if task.state.positions[input].is_some_and(|pos| msg.offset() < pos) {
             return Ok(()); // already in the state (a re-delivery after a seek)
         }
+        if self.held.get(&key).is_some_and(|q| !q.is_empty()) || self.ahead(key) {
+            *self.held_bytes.entry(key).or_default() += msg.payload_len();
+            self.held.entry(key).or_default().push_back(msg.detach());
+            self.last_seen.insert(key, Instant::now());
+            return Ok(());
+        }
+        self.process(input, p, msg.topic(), msg.offset(), msg.payload().unwrap_or_default())
+    }
+
+    /// Whether input partition `key` runs more than the allowed read-ahead past its
+    /// group's watermark.
+    fn ahead(&self, (p, i): (i32, u8)) -> bool {
+        let Some(task) = self.tasks.get(&p) else { return false };
+        let w = &task.state.watermarks;
+        w.current().is_some_and(|w0| w.max_ts(usize::from(i)) > w0.saturating_add(self.read_ahead_now))
+    }
+
+    /// Hands one input message to its partition group's task.
+    fn process(&mut self, input: usize, p: i32, topic: &str, offset: i64, payload: &[u8]) -> Result<(), WorkerError> {
+        self.ensure_txn()?;
+        let received = self.stamp();
+        let Core { tasks, producer, config, decoder, last_seen, records, open_stamps, hold, dead_letters, .. } = self;
+        let task = tasks.get_mut(&p).expect("processed groups are restored");
+        if task.state.positions[input].is_some_and(|pos| offset < pos) {
+            return Ok(()); // already in the state (a re-delivery after a seek)
+        }
         self.handled += 1;
-        self.bytes_in += msg.payload_len() as u64;
+        self.bytes_in += payload.len() as u64;
         self.first_message.get_or_insert_with(Instant::now);
         let mut out = LiveOut {
             producer,
@@ -416,16 +455,7 @@ impl Core {
         };
         // Whole seconds: consecutive messages share a log step.
         let now = now_ms() / 1000 * 1000;
-        task.on_message(
-            input as u8,
-            msg.topic(),
-            msg.offset(),
-            msg.payload().unwrap_or_default(),
-            now,
-            received,
-            decoder,
-            &mut out,
-        );
+        task.on_message(input as u8, topic, offset, payload, now, received, decoder, &mut out);
         *records += out.records;
         last_seen.insert((p, input as u8), Instant::now());
         Ok(())
@@ -465,23 +495,44 @@ impl Core {
                 self.pressed.clear();
             }
         }
-        let normal = self.config.read_ahead;
-        let tight = self.config.engine.max_out_of_orderness;
-        let mut pause = TopicPartitionList::new();
-        let mut resume = TopicPartitionList::new();
-        for (p, task) in &self.tasks {
-            let read_ahead = if pressed { tight } else { normal };
-            let w = task.state.watermarks.current();
-            for (i, topic) in self.inputs.iter().enumerate() {
-                let key = (*p, i as u8);
-                let ahead = w.is_some_and(|w| task.state.watermarks.max_ts(i) > w.saturating_add(read_ahead));
-                if ahead && !self.paused.contains(&key) {
-                    pause.add_partition(topic, *p);
-                    self.paused.insert(key);
-                } else if !ahead && self.paused.remove(&key) {
-                    resume.add_partition(topic, *p);
+        self.read_ahead_now = if pressed { self.config.engine.max_out_of_orderness } else { self.config.read_ahead };
+        // Held messages whose input is no longer ahead go to the engine, in order, until
+        // it runs ahead again. Repeat while that lets another input move.
+        loop {
+            let mut moved = false;
+            let keys: Vec<(i32, u8)> = self.held.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| *k).collect();
+            for key in keys {
+                while !self.ahead(key) {
+                    let Some(msg) = self.held.get_mut(&key).and_then(VecDeque::pop_front) else { break };
+                    *self.held_bytes.entry(key).or_default() -= msg.payload().map_or(0, <[u8]>::len);
+                    let payload = msg.payload().unwrap_or_default();
+                    self.process(usize::from(key.1), key.0, msg.topic(), msg.offset(), payload)?;
+                    moved = true;
                 }
             }
+            if !moved {
+                break;
+            }
+        }
+        // The consumer fetches ahead-running partitions until they hold HOLD_BYTES, then
+        // pauses them (a pause drops librdkafka's prefetched messages, which are fetched
+        // again on resume: holding avoids that churn for short leads).
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for (&key, &bytes) in &self.held_bytes {
+            if bytes >= HOLD_BYTES && self.paused.insert(key) {
+                pause.add_partition(&self.inputs[usize::from(key.1)], key.0);
+            }
+        }
+        let drained: Vec<(i32, u8)> = self
+            .paused
+            .iter()
+            .filter(|k| self.held_bytes.get(k).copied().unwrap_or(0) < HOLD_BYTES / 2)
+            .copied()
+            .collect();
+        for key in drained {
+            self.paused.remove(&key);
+            resume.add_partition(&self.inputs[usize::from(key.1)], key.0);
         }
         if pause.count() > 0 {
             consumer.pause(&pause).map_err(WorkerError::kafka("pausing partitions ahead in event time"))?;
@@ -507,13 +558,20 @@ impl Core {
         let mut due = Vec::new();
         for (p, i) in candidates {
             let topic = &self.inputs[usize::from(i)];
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(5))
-                .map_err(WorkerError::kafka("reading watermarks for the idle check"))?;
-            let pending = match self.tasks.get(&p).and_then(|t| t.state.positions[usize::from(i)]) {
-                Some(pos) => pos < high,
-                None => high > low,
+            // The end offset the fetcher saw last (no round trip: this runs every loop
+            // for every quiet partition); a broker query only when none is known yet.
+            let (low, high) = match cached_watermarks(consumer, topic, p) {
+                Some(known) => known,
+                None => consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(5))
+                    .map_err(WorkerError::kafka("reading watermarks for the idle check"))?,
             };
+            let held = self.held.get(&(p, i)).is_some_and(|q| !q.is_empty());
+            let pending = held
+                || match self.tasks.get(&p).and_then(|t| t.state.positions[usize::from(i)]) {
+                    Some(pos) => pos < high,
+                    None => high > low,
+                };
             if pending {
                 self.last_seen.insert((p, i), Instant::now());
             } else {
@@ -610,6 +668,8 @@ impl Core {
         self.in_txn = false;
         self.last_commit = Instant::now();
         self.observe.metrics.transaction_committed(started.elapsed());
+        self.commit_time += started.elapsed();
+        self.commits += 1;
         let now = self.stamp();
         for stamp in self.open_stamps.drain(..) {
             let took = now.saturating_sub(stamp);
@@ -683,6 +743,8 @@ impl Core {
 
     /// Resumes every paused partition (after an abort, state and alignment start over).
     fn resume_all(&mut self, consumer: &BaseConsumer<ConsumerCtx>) {
+        self.held.clear();
+        self.held_bytes.clear();
         let mut tpl = TopicPartitionList::new();
         for (p, i) in std::mem::take(&mut self.paused) {
             tpl.add_partition(&self.inputs[usize::from(i)], p);
@@ -841,6 +903,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         tasks: HashMap::new(),
         last_seen: HashMap::new(),
         unrestored: BTreeSet::new(),
+        held: HashMap::new(),
+        held_bytes: HashMap::new(),
+        read_ahead_now: config.read_ahead,
         paused: BTreeSet::new(),
         in_txn: false,
         last_commit: Instant::now(),
@@ -861,6 +926,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         caught_up_logged: false,
         pressed: BTreeSet::new(),
         dead_letters: SampledLog { last: None, suppressed: 0 },
+        commit_time: Duration::ZERO,
+        commits: 0,
+        wait_time: Duration::ZERO,
     }));
 
     let mut cc = client_config(&config);
@@ -930,12 +998,22 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         max_us = c.hold.max(),
         "watermark hold (purchase or refund received to its records emitted)"
     );
+    info!(
+        commits = c.commits,
+        commit_secs = c.commit_time.as_secs_f64(),
+        poll_wait_secs = c.wait_time.as_secs_f64(),
+        "time spent committing and waiting for messages"
+    );
     c.tasks.clear();
     drop(c);
     consumer.unsubscribe();
     info!(records = core.lock().map(|c| c.records).unwrap_or(0), "stopped");
     result
 }
+
+/// Bytes of held messages at which an input partition is paused in the consumer (it
+/// resumes below half of this).
+const HOLD_BYTES: usize = 16 << 20;
 
 /// Most messages handled between two looks at the clock, the idle check and the commit.
 const MAX_BATCH: usize = 10_000;
@@ -948,8 +1026,11 @@ fn poll_loop(
 ) -> Result<(), WorkerError> {
     while !shutdown.load(Ordering::Relaxed) {
         // Never hold the lock in poll(): rebalance callbacks take it.
+        let waited = Instant::now();
         let mut polled = consumer.poll(Duration::from_millis(50));
+        let waited = waited.elapsed();
         let mut c = core.lock().expect("not poisoned");
+        c.wait_time += waited;
         c.observe.health.progress();
         if let Some(e) = c.fatal.take() {
             return Err(e);
@@ -1002,6 +1083,27 @@ fn poll_loop(
         }
     }
     Ok(())
+}
+
+/// The low and high offsets of a partition as the consumer last saw them in a fetch
+/// response (`rd_kafka_get_watermark_offsets`: local, no broker round trip; the rdkafka
+/// crate only wraps the querying variant). `None` while unknown.
+fn cached_watermarks(consumer: &BaseConsumer<ConsumerCtx>, topic: &str, p: i32) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a valid
+    // NUL-terminated string for the call; low/high are valid out-pointers.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            p,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && low >= 0 && high >= 0)
+        .then_some((low, high))
 }
 
 /// Moves the consumer back to the committed offsets of its assignment.
