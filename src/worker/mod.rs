@@ -122,22 +122,36 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Delivery reports: the offsets of snapshot starts and any failure.
-#[derive(Default)]
+/// Delivery reports: the offsets of snapshot starts and any failure; without
+/// transactions also the processing latency (a record is visible once delivered).
 struct ProducerCtx {
     /// Partition group → offset of the first chunk of the snapshot just written.
     snapshot_offsets: Mutex<HashMap<i32, i64>>,
     failures: Mutex<Vec<String>>,
+    /// Time origin of the receive stamps carried by records (see [`RECORD_TAG`]).
+    epoch: Instant,
+    latency: Mutex<Histogram<u64>>,
+    metrics: Arc<Metrics>,
 }
+
+/// Delivery opaque bit marking a record that carries the receive stamp (nanoseconds
+/// since the epoch) of the message that made it, in the other bits.
+const RECORD_TAG: usize = 1 << 63;
 
 impl ClientContext for ProducerCtx {}
 
 impl ProducerContext for ProducerCtx {
-    /// 0: nothing to note; `p + 1`: the first chunk of partition group `p`'s snapshot.
+    /// 0: nothing to note; `p + 1`: the first chunk of partition group `p`'s snapshot;
+    /// [`RECORD_TAG`] set: a record with its receive stamp (no transactions only).
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
         match result {
+            Ok(_) if tag & RECORD_TAG != 0 => {
+                let took = (self.epoch.elapsed().as_nanos() as u64).saturating_sub((tag & !RECORD_TAG) as u64);
+                self.latency.lock().expect("not poisoned").saturating_record(took / 1000);
+                self.metrics.observe_latency(Duration::from_nanos(took));
+            }
             Ok(m) if tag > 0 => {
                 self.snapshot_offsets.lock().expect("not poisoned").insert(tag as i32 - 1, m.offset());
             }
@@ -281,6 +295,8 @@ struct LiveOut<'a> {
     stamps: &'a mut Vec<u64>,
     hold: &'a mut Histogram<u64>,
     dead_letters: &'a mut SampledLog,
+    /// No transactions: latency is timed at delivery, not at the commit.
+    at_delivery: bool,
 }
 
 /// Logs dead letters at a sampled rate: the first one, then at most one line per
@@ -306,8 +322,8 @@ impl SampledLog {
 }
 
 impl LiveOut<'_> {
-    fn send(&mut self, topic: &str, key: &[u8], payload: Vec<u8>) {
-        let record = BaseRecord::with_opaque_to(topic, 0usize).key(key).payload(&payload);
+    fn send(&mut self, topic: &str, key: &[u8], payload: Vec<u8>, opaque: usize) {
+        let record = BaseRecord::with_opaque_to(topic, opaque).key(key).payload(&payload);
         if let Err(e) = send_waiting(self.producer, record) {
             // Caught again at commit: the transaction then aborts and state is rebuilt.
             self.producer.context().failures.lock().expect("not poisoned").push(e.to_string());
@@ -321,13 +337,17 @@ impl TaskOutput for LiveOut<'_> {
         if tag > 0 && tag <= self.received {
             self.hold.saturating_record((self.received - tag) / 1000);
         }
-        self.stamps.push(self.received);
+        // Exactly once: visible at the commit (timed there); otherwise at delivery.
+        let opaque = if self.at_delivery { RECORD_TAG | self.received as usize } else { 0 };
+        if !self.at_delivery {
+            self.stamps.push(self.received);
+        }
         self.buf.clear();
         encode_record(&record, &mut self.buf);
         self.buf.pop(); // no newline in a Kafka value
         let payload = std::mem::take(&mut self.buf);
         let (topic, key) = (self.output_topic.to_string(), record.creator_id.clone());
-        self.send(&topic, key.as_bytes(), payload);
+        self.send(&topic, key.as_bytes(), payload, opaque);
         self.records += 1;
     }
 
@@ -335,7 +355,7 @@ impl TaskOutput for LiveOut<'_> {
         self.dead_letters.dead_letter(&dead_letter);
         let payload = serde_json::to_vec(&dead_letter).expect("dead letters serialise");
         let topic = self.dlq_topic.to_string();
-        self.send(&topic, b"", payload);
+        self.send(&topic, b"", payload, 0);
     }
 }
 
@@ -452,6 +472,7 @@ impl Core {
             stamps: open_stamps,
             hold,
             dead_letters,
+            at_delivery: !config.kafka.exactly_once,
         };
         // Whole seconds: consecutive messages share a log step.
         let now = now_ms() / 1000 * 1000;
@@ -595,6 +616,7 @@ impl Core {
                 stamps: open_stamps,
                 hold,
                 dead_letters,
+                at_delivery: !config.kafka.exactly_once,
             };
             if let Some(task) = tasks.get_mut(&p) {
                 task.set_idle(i, &mut out);
@@ -867,6 +889,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         kafka = ?config.kafka,
         "starting worker"
     );
+    let epoch = Instant::now();
     let mut pc = client_config(&config);
     pc.set("enable.idempotence", "true").set("linger.ms", "5");
     if config.kafka.exactly_once {
@@ -876,7 +899,13 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         warn!("kafka.exactly_once = false: no transactions; a crash may repeat records (at least once)");
     }
     let producer: BaseProducer<ProducerCtx> = with_user_settings(pc, &config)
-        .create_with_context(ProducerCtx::default())
+        .create_with_context(ProducerCtx {
+            snapshot_offsets: Mutex::default(),
+            failures: Mutex::default(),
+            epoch,
+            latency: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
+            metrics: observe.metrics.clone(),
+        })
         .map_err(WorkerError::kafka("creating the producer"))?;
     if config.kafka.exactly_once {
         producer
@@ -912,7 +941,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         last_snapshot: HashMap::new(),
         records: 0,
         fatal: None,
-        epoch: Instant::now(),
+        epoch,
         open_stamps: Vec::new(),
         latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
         hold: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
@@ -983,13 +1012,18 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         );
     }
     let pct = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
+    if !c.config.kafka.exactly_once {
+        let _ = c.producer.flush(c.config.transaction_timeout);
+        let delivered = c.producer.context().latency.lock().expect("not poisoned").clone();
+        c.latency = delivered;
+    }
     info!(
         count = c.latency.len(),
         p50_us = pct(&c.latency, 0.5),
         p99_us = pct(&c.latency, 0.99),
         p999_us = pct(&c.latency, 0.999),
         max_us = c.latency.max(),
-        "processing latency (message received to its records committed)"
+        "processing latency (message received to its records committed, or delivered without transactions)"
     );
     info!(
         count = c.hold.len(),
