@@ -220,13 +220,13 @@ struct Core {
 
 /// The consumer's context: hands rebalances to the core.
 struct ConsumerCtx {
-    core: Arc<Mutex<Core>>,
+    core: Arc<parking_lot::Mutex<Core>>,
 }
 
 impl ClientContext for ConsumerCtx {
     /// librdkafka statistics (every `statistics.interval.ms`): consumer lag per partition.
     fn stats(&self, stats: rdkafka::Statistics) {
-        let Ok(core) = self.core.try_lock() else { return };
+        let Some(core) = self.core.try_lock() else { return };
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.consumer_lag >= 0 {
@@ -240,7 +240,7 @@ impl ClientContext for ConsumerCtx {
 impl ConsumerContext for ConsumerCtx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let mut core = self.core.lock().expect("not poisoned");
+            let mut core = self.core.lock();
             info!(partitions = tpl.count(), "partitions revoked: committing and handing over");
             core.observe.metrics.rebalance("revoke");
             core.observe.health.set_assigned(false);
@@ -270,7 +270,7 @@ impl ConsumerContext for ConsumerCtx {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let mut core = self.core.lock().expect("not poisoned");
+                let mut core = self.core.lock();
                 let groups: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(groups = ?groups, "partitions assigned");
                 core.observe.metrics.rebalance("assign");
@@ -923,7 +923,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         with_user_settings(rc, &config).create().map_err(WorkerError::kafka("creating the restore consumer"))?;
 
     let decoder = Decoder::new(config.limits);
-    let core = Arc::new(Mutex::new(Core {
+    let core = Arc::new(parking_lot::Mutex::new(Core {
         inputs: config.kafka.input_topics.clone(),
         config: config.clone(),
         producer,
@@ -978,7 +978,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     consumer.subscribe(&topics).map_err(WorkerError::kafka("subscribing"))?;
 
     let result = poll_loop(&consumer, &core, &config, &shutdown);
-    let mut c = core.lock().expect("not poisoned");
+    let mut c = core.lock();
     match &result {
         Ok(()) => {
             info!("shutting down: committing");
@@ -1041,7 +1041,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     c.tasks.clear();
     drop(c);
     consumer.unsubscribe();
-    info!(records = core.lock().map(|c| c.records).unwrap_or(0), "stopped");
+    info!(records = core.lock().records, "stopped");
     result
 }
 
@@ -1054,7 +1054,7 @@ const MAX_BATCH: usize = 10_000;
 
 fn poll_loop(
     consumer: &BaseConsumer<ConsumerCtx>,
-    core: &Arc<Mutex<Core>>,
+    core: &Arc<parking_lot::Mutex<Core>>,
     config: &Config,
     shutdown: &AtomicBool,
 ) -> Result<(), WorkerError> {
@@ -1063,7 +1063,7 @@ fn poll_loop(
         let waited = Instant::now();
         let mut polled = consumer.poll(Duration::from_millis(50));
         let waited = waited.elapsed();
-        let mut c = core.lock().expect("not poisoned");
+        let mut c = core.lock();
         c.wait_time += waited;
         c.observe.health.progress();
         if let Some(e) = c.fatal.take() {
@@ -1086,6 +1086,8 @@ fn poll_loop(
         let step = (|| -> Result<(), WorkerError> {
             c.restore_pending(consumer)?;
             // Take what is already fetched, up to the commit deadline, before committing.
+            // The lock is let go around every poll: a poll may run the rebalance
+            // callbacks, which take it.
             let mut taken = 0;
             while let Some(result) = polled {
                 match result {
@@ -1096,7 +1098,7 @@ fn poll_loop(
                 if taken >= MAX_BATCH || c.last_commit.elapsed() >= config.commit_interval || !c.unrestored.is_empty() {
                     break;
                 }
-                polled = consumer.poll(Duration::ZERO);
+                polled = parking_lot::MutexGuard::unlocked(&mut c, || consumer.poll(Duration::ZERO));
             }
             c.check_idle(consumer)?;
             c.align(consumer)?;
