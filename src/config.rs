@@ -309,8 +309,14 @@ impl Config {
         for (key, value) in env {
             let Some(rest) = key.strip_prefix("ATTRIB__") else { continue };
             let path = rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
-            // Parsed like figment's Env provider: numbers, booleans and [a, b] lists.
-            let value: figment::value::Value = value.parse().unwrap_or_else(|_| value.as_str().into());
+            // Parsed like figment's Env provider: numbers, booleans and [a, b] lists; but
+            // librdkafka settings stay strings (a password may look like a number or a
+            // list, and must neither change nor be echoed by a type error).
+            let value: figment::value::Value = if path.starts_with("kafka.client.") {
+                value.as_str().into()
+            } else {
+                value.parse().unwrap_or_else(|_| value.as_str().into())
+            };
             fig = fig.merge(Serialized::default(&path, value));
         }
         let raw: RawConfig = fig.extract().map_err(Box::new)?;

@@ -366,7 +366,7 @@ impl std::fmt::Display for Summary {
                 "  {currency}        commission {} reversed {} net {} (minor units)",
                 paid,
                 reversed,
-                paid + reversed
+                paid.saturating_add(*reversed)
             )?;
         }
         let h = &self.latency_us;

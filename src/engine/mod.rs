@@ -140,7 +140,8 @@ pub struct Stats {
     pub records_commission: u64,
     pub records_reversal: u64,
     pub touches_evicted_cap: u64,
-    /// Per currency: (commission total, reversal total), minor units.
+    /// Per currency: (commission total, reversal total), minor units; a summary figure,
+    /// saturating at the i64 bounds (each record's own amounts are exact).
     pub money: BTreeMap<Currency, (i64, i64)>,
 }
 
@@ -583,11 +584,11 @@ impl Engine {
         match rec.kind {
             RecordKind::Commission => {
                 self.stats.records_commission += 1;
-                totals.0 += rec.commission_minor;
+                totals.0 = totals.0.saturating_add(rec.commission_minor);
             }
             RecordKind::Reversal => {
                 self.stats.records_reversal += 1;
-                totals.1 += rec.commission_minor;
+                totals.1 = totals.1.saturating_add(rec.commission_minor);
             }
         }
     }

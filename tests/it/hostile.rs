@@ -5,9 +5,10 @@ use attrib::codec::{DecodeLimits, Decoder};
 use attrib::config::Config;
 use attrib::engine::watermark::Watermarks;
 use attrib::engine::{Engine, EngineConfig};
-use attrib::model::{DeadLetterReason, Event, Record, Touch, TouchKind};
-use attrib::replay::replay_texts;
+use attrib::model::{DeadLetterReason, Event, Record, SourcePos, Touch, TouchKind};
+use attrib::replay::{replay, replay_texts, Input, MemorySink, Summary};
 use attrib::worker::task::{Task, TaskSettings, TaskState};
+use std::io;
 
 use crate::checkpoint::Collect;
 use proptest::prelude::*;
@@ -16,64 +17,233 @@ const PURCHASE: &str = r#"{"type":"purchase","event_id":"o-1","ts":1764400600000
 const CLICK: &str =
     r#"{"type":"click","event_id":"k-1","ts":1764400000000,"user_id":"u-1","creator_id":"c-1","product_id":"p-1"}"#;
 
-fn reasons(text: &str) -> (Vec<DeadLetterReason>, usize) {
-    let (sink, summary) = replay_texts(&Config::default(), &[text]);
-    assert_eq!(summary.stats.accounted(), summary.stats.events_in, "every input accounted for");
-    (sink.dead_letters.iter().map(|d| d.reason).collect(), sink.records.len())
+/// Replays one input of raw bytes; checks that every input is accounted for.
+fn replay_bytes(config: &Config, bytes: &[u8]) -> (MemorySink, Summary) {
+    let mut sink = MemorySink::default();
+    let input = Input { name: "hostile".into(), reader: io::Cursor::new(bytes) };
+    let summary = replay(config, vec![input], &mut sink).expect("in-memory replay");
+    let s = &summary.stats;
+    assert_eq!(s.events_in, s.accounted(), "events in = processed + duplicates + dead-lettered");
+    (sink, summary)
+}
+
+fn roomy() -> Config {
+    Config::from_toml("[limits]\nmax_message_bytes = 67108864").expect("valid config")
+}
+
+/// A valid click, one hostile line, a valid purchase: the hostile line is the one dead
+/// letter, with exactly this reason and message, and the click still pays.
+fn assert_dead_letter(config: &Config, name: &str, hostile: &[u8], reason: DeadLetterReason, needle: &str) {
+    let mut text = format!("{CLICK}\n").into_bytes();
+    text.extend_from_slice(hostile);
+    text.extend_from_slice(format!("\n{PURCHASE}\n").as_bytes());
+    let (sink, summary) = replay_bytes(config, &text);
+    let dead: Vec<_> = sink.dead_letters.iter().map(|d| (d.reason, d.error.as_str())).collect();
+    assert_eq!(dead.len(), 1, "{name}: {dead:?}");
+    assert_eq!(dead[0].0, reason, "{name}: {dead:?}");
+    assert!(dead[0].1.contains(needle), "{name}: {:?} should contain {needle:?}", dead[0].1);
+    assert_eq!(sink.dead_letters[0].source, SourcePos::File { file: "hostile".into(), line: 2 }, "{name}");
+    let s = &summary.stats;
+    assert_eq!((s.events_in, s.total(|t| t.processed)), (3, 2), "{name}");
+    assert_eq!(sink.records.len(), 1, "{name}: the valid click and purchase still pay");
+}
+
+/// Another purchase with `item` as its only item.
+fn purchase_with(item: &str) -> String {
+    PURCHASE
+        .replace("o-1", "o-2")
+        .replace("ord-1", "ord-2")
+        .replace(r#"{"product_id":"p-1","quantity":1,"unit_price":1000}"#, item)
 }
 
 #[test]
-fn broken_lines_are_dead_letters_and_valid_ones_still_pay() {
+fn each_hostile_line_is_dead_lettered_with_its_exact_reason() {
+    use DeadLetterReason::{InvalidEvent, InvalidJson, TooLarge, TooLate};
+    let click = |ts: &str| CLICK.replace("1764400000000", ts).replace("k-1", "k-2").into_bytes();
     let deep = format!("{{\"type\":\"view\",\"x\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-    let lines: Vec<String> = vec![
-        CLICK.into(),
-        String::from_utf8_lossy(b"{\"type\":\"view\",\"event_id\":\"\xff\xfe\"}").into_owned(),
-        CLICK[..40].into(),                                                     // truncated JSON
-        deep,                                                                   // deeply nested arrays
-        CLICK.replace("1764400000000", "99999999999999999999999"),              // beyond i64
-        CLICK.replace("1764400000000", "1.7644e12"),                            // float where an integer belongs
-        CLICK.replace("1764400000000", "\"NaN\""),                              // NaN-like string
-        PURCHASE.replace("\"unit_price\":1000", "\"unit_price\":\"Infinity\""), // string where an integer belongs
-        CLICK.replace("1764400000000", "1e400"),                                // overflowing float
-        r#"{"type":"view","type":"click","event_id":"k-dup-key","ts":1764400000001,"user_id":"u-9","creator_id":"c-9"}"#.into(),
-        PURCHASE.into(),
+    let cases: Vec<(&str, Vec<u8>, DeadLetterReason, &str)> = vec![
+        (
+            "invalid UTF-8",
+            b"{\"type\":\"click\",\"event_id\":\"k\xc3\x28\",\"ts\":1,\"user_id\":\"u\",\"creator_id\":\"c\"}".to_vec(),
+            InvalidJson,
+            "invalid JSON: InvalidUtf8",
+        ),
+        ("truncated JSON", CLICK.as_bytes()[..40].to_vec(), InvalidJson, "invalid JSON: "),
+        ("a lone brace", b"{".to_vec(), InvalidJson, "invalid JSON: "),
+        ("deeply nested arrays", deep.into_bytes(), InvalidJson, "invalid JSON: nesting deeper than 32 levels"),
+        ("not an object", b"[1,2]".to_vec(), InvalidEvent, "event must be a JSON object"),
+        ("null", b"null".to_vec(), InvalidEvent, "event must be a JSON object"),
+        ("an empty object", b"{}".to_vec(), InvalidEvent, "missing field `type`"),
+        (
+            "ts beyond u64",
+            click("99999999999999999999999"),
+            InvalidEvent,
+            "field `ts`: 99999999999999999999999 is beyond the 64-bit number range",
+        ),
+        (
+            "ts beyond i64",
+            click("18446744073709551615"),
+            InvalidEvent,
+            "field `ts`: must be an integer, got beyond the 64-bit integer range",
+        ),
+        (
+            "ts below i64",
+            click("-9223372036854775809"),
+            InvalidEvent,
+            "field `ts`: -9223372036854775809 is beyond the 64-bit number range",
+        ),
+        ("ts an overflowing float", click("1e400"), InvalidEvent, "field `ts`: 1e400 is beyond the 64-bit number range"),
+        (
+            "ts a float",
+            click("1.7644e12"),
+            InvalidEvent,
+            "field `ts`: must be an integer, got a number with a fraction or exponent",
+        ),
+        (
+            "ts a whole float",
+            click("1764400000000.0"),
+            InvalidEvent,
+            "field `ts`: must be an integer, got a number with a fraction",
+        ),
+        ("ts \"NaN\"", click("\"NaN\""), InvalidEvent, "field `ts`: \"NaN\" is not an RFC 3339 timestamp"),
+        ("ts bare NaN", click("NaN"), InvalidJson, "invalid JSON: "),
+        ("ts negative", click("-1"), InvalidEvent, "field `ts`: -1 is outside 1970-01-01 .. 9999-12-31"),
+        ("ts after 9999", click("253402300800000"), InvalidEvent, "field `ts`: 253402300800000 is outside"),
+        ("ts far in the past", click("0"), TooLate, "event time 0 is behind the watermark"),
+        (
+            "quantity a float",
+            purchase_with(r#"{"product_id":"p","quantity":2.0,"unit_price":1}"#).into_bytes(),
+            InvalidEvent,
+            "field `items[0].quantity`: must be an integer, got a number with a fraction or exponent",
+        ),
+        (
+            "quantity beyond u64",
+            purchase_with(r#"{"product_id":"p","quantity":99999999999999999999,"unit_price":1}"#).into_bytes(),
+            InvalidEvent,
+            "field `quantity`: 99999999999999999999 is beyond the 64-bit number range",
+        ),
+        (
+            "unit_price beyond i64",
+            purchase_with(r#"{"product_id":"p","quantity":1,"unit_price":9223372036854775808}"#).into_bytes(),
+            InvalidEvent,
+            "field `items[0].unit_price`: must be an integer, got beyond the 64-bit integer range",
+        ),
+        (
+            "unit_price \"Infinity\"",
+            purchase_with(r#"{"product_id":"p","quantity":1,"unit_price":"Infinity"}"#).into_bytes(),
+            InvalidEvent,
+            "field `items[0].unit_price`: must be an integer, got not an integer",
+        ),
+        (
+            "unit_price \"NaN\"",
+            purchase_with(r#"{"product_id":"p","quantity":1,"unit_price":"NaN"}"#).into_bytes(),
+            InvalidEvent,
+            "field `items[0].unit_price`: must be an integer, got not an integer",
+        ),
+        (
+            "gross overflows i64",
+            purchase_with(r#"{"product_id":"p","quantity":2,"unit_price":4611686018427387904}"#).into_bytes(),
+            InvalidEvent,
+            "field `items[0]`: quantity 2 * unit_price 4611686018427387904 overflows a 64-bit integer",
+        ),
+        (
+            "duplicated key type",
+            br#"{"type":"view","type":"click","event_id":"k-dup","ts":1764400000001,"user_id":"u-9","creator_id":"c-9"}"#
+                .to_vec(),
+            InvalidEvent,
+            "field `type`: given more than once",
+        ),
+        (
+            "duplicated key unit_price",
+            purchase_with(r#"{"product_id":"p","quantity":1,"unit_price":1000,"unit_price":1}"#).into_bytes(),
+            InvalidEvent,
+            "field `items[0].unit_price`: given more than once",
+        ),
+        (
+            "an id over 256 bytes",
+            CLICK.replace("\"k-1\"", &format!("\"{}\"", "k".repeat(257))).into_bytes(),
+            InvalidEvent,
+            "field `event_id`: must be 1 to 256 bytes (limits.max_id_bytes), got 257 bytes",
+        ),
+        (
+            "a 10 MB message",
+            format!(
+                r#"{{"type":"view","event_id":"v","ts":1,"user_id":"u","creator_id":"c","pad":"{}"}}"#,
+                "x".repeat(10 << 20)
+            )
+            .into_bytes(),
+            TooLarge,
+            "message of 10485837 bytes is over the limit of 1048576 bytes",
+        ),
     ];
-    let text = lines.join("\n");
-    let (dead, records) = reasons(&text);
-    // The duplicated-key line decodes (one of the two values wins); the other 8 broken lines
-    // are dead letters; the click and purchase still produce their commission.
-    assert_eq!(dead.len(), 8, "{dead:?}");
-    assert!(dead.iter().all(|r| matches!(r, DeadLetterReason::InvalidJson | DeadLetterReason::InvalidEvent)));
-    assert_eq!(records, 1);
+    let config = Config::default();
+    for (name, line, reason, needle) in &cases {
+        assert_dead_letter(&config, name, line, *reason, needle);
+    }
 }
 
 #[test]
-fn invalid_utf8_bytes_are_dead_lettered_not_a_panic() {
-    let mut d = Decoder::new(DecodeLimits::default());
-    let e = d
-        .decode(b"{\"type\":\"click\",\"event_id\":\"k\xc3\x28\",\"ts\":1,\"user_id\":\"u\",\"creator_id\":\"c\"}")
-        .unwrap_err();
-    assert_eq!(e.reason, DeadLetterReason::InvalidJson);
-}
-
-#[test]
-fn a_10_mb_message_and_100_000_items_are_rejected_by_size() {
-    let mut d = Decoder::new(DecodeLimits::default());
-    let huge = format!(
-        r#"{{"type":"view","event_id":"v","ts":1,"user_id":"u","creator_id":"c","pad":"{}"}}"#,
-        "x".repeat(10 << 20)
-    );
-    assert_eq!(d.decode(huge.as_bytes()).unwrap_err().reason, DeadLetterReason::TooLarge);
+fn a_purchase_with_100_000_items_is_too_large_or_over_the_item_limit() {
     let item = r#"{"product_id":"p","quantity":1,"unit_price":1}"#;
-    let many = PURCHASE.replace(
-        r#"[{"product_id":"p-1","quantity":1,"unit_price":1000}]"#,
-        &format!("[{}]", vec![item; 100_000].join(",")),
-    );
+    let many = purchase_with(&vec![item; 100_000].join(","));
+    assert!(many.len() > 1 << 20);
+    let too_large = "over the limit of 1048576 bytes";
+    assert_dead_letter(&Config::default(), "100,000 items", many.as_bytes(), DeadLetterReason::TooLarge, too_large);
     // Within the size limit the item limit still applies.
-    let mut roomy = Decoder::new(DecodeLimits { max_message_bytes: 64 << 20, ..DecodeLimits::default() });
-    let e = roomy.decode(many.as_bytes()).unwrap_err();
-    assert_eq!(e.reason, DeadLetterReason::InvalidEvent);
-    assert!(e.message.contains("100000 items"), "{}", e.message);
+    assert_dead_letter(
+        &roomy(),
+        "100,000 items, roomy",
+        many.as_bytes(),
+        DeadLetterReason::InvalidEvent,
+        "field `items`: 100000 items, over the limit of 1000 (limits.max_items_per_purchase)",
+    );
+    let mut d = Decoder::new(DecodeLimits { max_message_bytes: 64 << 20, ..DecodeLimits::default() });
+    assert!(d.decode(purchase_with(&vec![item; 1000].join(",")).as_bytes()).is_ok(), "exactly the limit is fine");
+}
+
+#[test]
+fn a_10_mb_bracket_bomb_costs_one_scan_not_a_parse() {
+    // Past the size limit it is too large; let in, the depth pre-check stops it after 33
+    // bytes, before simd-json sees it.
+    let bomb = "[".repeat(10 << 20);
+    let config = Config::default();
+    assert_dead_letter(&config, "bracket bomb", bomb.as_bytes(), DeadLetterReason::TooLarge, "over the limit");
+    let depth = "nesting deeper than 32 levels";
+    assert_dead_letter(&roomy(), "bracket bomb, roomy", bomb.as_bytes(), DeadLetterReason::InvalidJson, depth);
+    let objects = format!("{}{}", r#"{"a":"#.repeat(1 << 20), "}".repeat(1 << 20));
+    assert_dead_letter(&roomy(), "object bomb", objects.as_bytes(), DeadLetterReason::InvalidJson, depth);
+}
+
+#[test]
+fn the_depth_limit_follows_the_config() {
+    let config = Config::from_toml("[limits]\nmax_json_depth = 4").expect("valid config");
+    // The event object, `x` and two more levels: 4 deep is fine, 5 is not.
+    let view = |depth: usize| {
+        format!(
+            r#"{{"type":"view","event_id":"v{depth}","ts":1764400000001,"user_id":"u","creator_id":"c","x":{}{}}}"#,
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    };
+    let (sink, summary) = replay_bytes(&config, format!("{}\n{}\n", view(4), view(5)).as_bytes());
+    assert_eq!(sink.dead_letters.len(), 1);
+    assert_eq!(sink.dead_letters[0].reason, DeadLetterReason::InvalidJson);
+    assert_eq!(sink.dead_letters[0].error, "invalid JSON: nesting deeper than 4 levels (limits.max_json_depth)");
+    assert_eq!(sink.dead_letters[0].source, SourcePos::File { file: "hostile".into(), line: 2 });
+    assert_eq!(summary.stats.total(|t| t.processed), 1);
+}
+
+#[test]
+fn a_far_future_timestamp_in_replay_makes_the_rest_too_late() {
+    // Replay has no wall clock (SPEC §5), so nothing stops a far-future event from moving
+    // the watermark: what follows it in the same input is too late, and counted. (The
+    // Kafka worker dead-letters it as future_timestamp instead: see below.)
+    let far = CLICK.replace("1764400000000", "253402300799999").replace("k-1", "k-far");
+    let (sink, summary) = replay_bytes(&Config::default(), format!("{far}\n{CLICK}\n{PURCHASE}\n").as_bytes());
+    let dead: Vec<_> = sink.dead_letters.iter().map(|d| d.reason).collect();
+    assert_eq!(dead, [DeadLetterReason::TooLate, DeadLetterReason::TooLate]);
+    assert_eq!(summary.stats.total(|t| t.processed), 1);
+    assert!(sink.records.is_empty());
 }
 
 #[test]
@@ -94,12 +264,27 @@ fn a_click_flood_keeps_memory_bounded_by_the_per_shopper_cap() {
             product_id: None,
             surface: None,
         };
+        engine.stats_mut().events_in += 1;
         engine.process(Event::Touch(touch), 0, &mut out);
         assert!(engine.live_touches() <= cap);
+        if i % 1000 == 999 {
+            engine.advance_watermark(start + (i * 60_000 / n) as i64 - 5_000, &mut out);
+        }
     }
     assert_eq!(engine.live_touches(), cap);
     assert_eq!(engine.stats().touches_evicted_cap, n - cap as u64);
     assert_eq!(engine.shoppers(), 1);
+    // The flood's newest click still earns the sale.
+    let mut dec = Decoder::new(DecodeLimits::default());
+    let purchase = PURCHASE.replace("u-1", "u-flood").replace("1764400600000", "1764400060000");
+    engine.stats_mut().events_in += 1;
+    engine.process(dec.decode(purchase.as_bytes()).unwrap(), 0, &mut out);
+    engine.finish(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].touch_event_id.as_str(), out[0].creator_id.as_str()), ("flood-999999", "c-49"));
+    let s = engine.stats();
+    assert_eq!(s.events_in, s.accounted(), "events in = processed + duplicates + dead-lettered");
+    assert_eq!(s.total(|t| t.processed), n + 1);
 }
 
 #[test]
@@ -134,6 +319,34 @@ fn an_empty_input_replays_to_nothing() {
     assert_eq!(summary.stats.events_in, 0);
 }
 
+#[test]
+fn an_empty_kafka_message_is_bad_json() {
+    // A file's blank line is no event, but an empty Kafka value (or one of blanks) is a
+    // message that must be accounted for.
+    let cfg = EngineConfig::default();
+    let state = TaskState {
+        watermarks: Watermarks::new(1, cfg.max_out_of_orderness),
+        engine: Engine::new(cfg),
+        positions: vec![None],
+        seq: 0,
+    };
+    let mut task = Task::new(0, state, TaskSettings { max_future_skew: 3_600_000 });
+    let mut dec = Decoder::new(DecodeLimits::default());
+    let mut out = Collect::default();
+    task.on_message(0, "clicks", 0, b"", 1_764_400_000_000, 0, &mut dec, &mut out);
+    task.on_message(0, "clicks", 1, b"  \n", 1_764_400_000_000, 0, &mut dec, &mut out);
+    let dead: Vec<_> = out.1.iter().map(|d| (d.reason, d.error.as_str())).collect();
+    assert_eq!(
+        dead,
+        [
+            (DeadLetterReason::InvalidJson, "invalid JSON: Eof at character 0"),
+            (DeadLetterReason::InvalidJson, "invalid JSON: Eof at character 0")
+        ]
+    );
+    let s = task.state.engine.stats();
+    assert_eq!((s.events_in, s.accounted()), (2, 2));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -155,4 +368,28 @@ proptest! {
         engine.advance_watermark(i64::MAX, &mut out);
         engine.finish(&mut out);
     }
+}
+
+/// Found by the fuzzing of issue 6: `Stats::money` adds commissions in i64, which
+/// overflows (a panic with overflow checks, a wrapped total in the summary and metrics in
+/// release) once valid but huge commissions add up past i64::MAX.
+#[test]
+fn regression_money_totals_overflow_with_huge_prices() {
+    // Each purchase is valid (quantity * unit_price fits in i64), but eleven commissions
+    // of 10 % of i64::MAX add up past it.
+    let mut lines = vec![CLICK.to_string()];
+    for i in 0..11 {
+        lines.push(
+            PURCHASE
+                .replace("o-1", &format!("o-{i}"))
+                .replace("ord-1", &format!("ord-{i}"))
+                .replace("\"unit_price\":1000", "\"unit_price\":9223372036854775807"),
+        );
+    }
+    let (sink, summary) = replay_bytes(&Config::default(), lines.join("\n").as_bytes());
+    assert_eq!(sink.records.len(), 11);
+    let paid: i128 = sink.records.iter().map(|r| i128::from(r.commission_minor)).sum();
+    assert!(paid > i128::from(i64::MAX));
+    let total = summary.stats.money.values().next().expect("USD").0;
+    assert!(total > 0, "the total must not wrap: {total}");
 }

@@ -5,3 +5,4 @@ mod golden;
 mod hostile;
 mod model_check;
 mod properties;
+mod secrets;
