@@ -18,7 +18,7 @@ pub mod state;
 pub mod watermark;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use compact_str::format_compact;
 use serde::{Deserialize, Serialize};
@@ -571,15 +571,30 @@ impl Engine {
         }
         let ts: Vec<Millis> = eligible.iter().map(|x| x.ts).collect();
         let mut credits: Vec<CreatorCredit<'a>> = Vec::new();
+        // Creator -> index in `credits`; a linear search is cheaper for a few touches, but
+        // a heavy shopper's window holds thousands of touches by hundreds of creators.
+        let mut index: HashMap<u32, usize, ahash::RandomState> = HashMap::default();
+        let few = eligible.len() <= 16;
         for (i, weight) in attribution::credit(self.cfg.model, &ts, t, self.cfg.half_life) {
             let touch = eligible[i];
-            match credits.iter_mut().find(|c| c.creator == touch.creator) {
-                Some(c) => {
+            let found = if few {
+                credits.iter().position(|c| c.creator == touch.creator)
+            } else {
+                index.get(&touch.creator).copied()
+            };
+            match found {
+                Some(at) => {
+                    let c = &mut credits[at];
                     c.weight += weight;
                     c.latest = touch;
                     c.count += 1;
                 }
-                None => credits.push(CreatorCredit { creator: touch.creator, weight, latest: touch, count: 1 }),
+                None => {
+                    if !few {
+                        index.insert(touch.creator, credits.len());
+                    }
+                    credits.push(CreatorCredit { creator: touch.creator, weight, latest: touch, count: 1 });
+                }
             }
         }
         credits
