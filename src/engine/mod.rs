@@ -18,14 +18,14 @@ pub mod state;
 pub mod watermark;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use compact_str::format_compact;
 use serde::{Deserialize, Serialize};
 
 use self::ledger::{Credit, Ledger, Line, Order, RefundOutcome};
 use self::plan::CommissionPlan;
-use self::state::{id_hash, Inserted, StoredTouch, TouchStore, STOREFRONT};
+use self::state::{id_hash, Inserted, StoredTouch, TouchStore, UserTouches, STOREFRONT};
 use crate::model::{
     Currency, DeadLetterReason, Event, EventType, Item, Millis, Model, Purchase, Record, RecordKind, Refund, Str,
     TouchKind,
@@ -450,8 +450,8 @@ impl Engine {
 
     /// The commission records for one item: empty when it is unattributed.
     fn attribute_item(&self, p: &Purchase, index: u32, item: &Item) -> Vec<Record> {
-        let Some(touches) = self.touches.touches_of(&p.user_id) else { return Vec::new() };
-        let credits = self.credits_for(touches, item, p.ts);
+        let Some(user) = self.touches.touches_of(&p.user_id) else { return Vec::new() };
+        let credits = self.credits_for(user, item, p.ts);
         if credits.is_empty() {
             return Vec::new();
         }
@@ -479,8 +479,8 @@ impl Engine {
                     model: self.cfg.model,
                     weight: c.weight,
                     total_weight,
-                    touch_event_id: c.latest.event_id.clone(),
-                    touch_type: c.latest.kind,
+                    touch_event_id: Str::from(user.event_id(c.latest)),
+                    touch_type: c.latest.kind(),
                     touch_ts: c.latest.ts,
                     touch_count: c.count,
                     purchase_ts: p.ts,
@@ -499,41 +499,70 @@ impl Engine {
 
     /// Eligible touches → model → weights summed per creator, creators in order of their
     /// first credited touch.
-    fn credits_for<'a>(&self, touches: &'a VecDeque<StoredTouch>, item: &Item, t: Millis) -> Vec<CreatorCredit<'a>> {
-        let product = self.touches.products.get(&item.product_id);
+    fn credits_for<'a>(&self, user: &'a UserTouches, item: &Item, t: Millis) -> Vec<CreatorCredit<'a>> {
+        let touches = user.touches();
+        // A product nobody touched can only match storefront touches.
+        let product = self.touches.products.get(&item.product_id).unwrap_or(STOREFRONT);
+        // The earliest eligible time per surface and kind (index 1: click), so the test
+        // per touch is one lookup and three compares.
+        let floors: Vec<[Millis; 2]> =
+            self.windows.iter().map(|w| [t.saturating_sub(w[1]), t.saturating_sub(w[0])]).collect();
+        let allow_self = self.cfg.allow_self_attribution;
         let eligible = |touch: &StoredTouch| {
-            let window = self.windows[touch.surface as usize][usize::from(touch.kind == TouchKind::View)];
-            touch.ts >= t.saturating_sub(window)
-                && (touch.product == STOREFRONT || Some(touch.product) == product)
-                && (self.cfg.allow_self_attribution || !touch.is_self)
+            let is_click = touch.kind() == TouchKind::Click;
+            touch.ts >= floors[touch.surface as usize][usize::from(is_click)]
+                && (touch.product == STOREFRONT || touch.product == product)
+                && (allow_self || !touch.is_self())
         };
         let from = touches.partition_point(|x| x.ts < t.saturating_sub(self.max_window));
         let to = touches.partition_point(|x| x.ts <= t);
-        if self.cfg.model == Model::LastTouch {
-            // Walk back from the purchase: the first eligible click is the answer; the
-            // first eligible view is, if no click turns up within any click window.
-            let click_floor = t.saturating_sub(self.max_click_window);
-            let mut last_view = None;
-            for touch in touches.range(from..to).rev() {
-                if touch.ts < click_floor && last_view.is_some() {
-                    break;
-                }
-                if eligible(touch) {
-                    match touch.kind {
-                        TouchKind::Click => return vec![CreatorCredit::single(touch)],
-                        TouchKind::View if last_view.is_none() => last_view = Some(touch),
-                        TouchKind::View => {}
+        let (a, b) = slices(touches, from, to);
+        match self.cfg.model {
+            Model::LastTouch => {
+                // Walk back from the purchase: the first eligible click is the answer; the
+                // first eligible view is, if no click turns up within any click window.
+                let click_floor = t.saturating_sub(self.max_click_window);
+                let mut last_view = None;
+                for touch in b.iter().rev().chain(a.iter().rev()) {
+                    if touch.ts < click_floor && last_view.is_some() {
+                        break;
+                    }
+                    if eligible(touch) {
+                        match touch.kind() {
+                            TouchKind::Click => return vec![CreatorCredit::single(touch)],
+                            TouchKind::View if last_view.is_none() => last_view = Some(touch),
+                            TouchKind::View => {}
+                        }
                     }
                 }
+                return last_view.map(CreatorCredit::single).into_iter().collect();
             }
-            return last_view.map(CreatorCredit::single).into_iter().collect();
+            Model::FirstTouch => {
+                // Walk forward: the first eligible click is the answer; the first eligible
+                // view is, if there is no eligible click at all.
+                let mut first_view = None;
+                for touch in a.iter().chain(b.iter()) {
+                    if eligible(touch) {
+                        match touch.kind() {
+                            TouchKind::Click => return vec![CreatorCredit::single(touch)],
+                            TouchKind::View if first_view.is_none() => first_view = Some(touch),
+                            TouchKind::View => {}
+                        }
+                    }
+                }
+                return first_view.map(CreatorCredit::single).into_iter().collect();
+            }
+            Model::Linear | Model::PositionBased | Model::TimeDecay => {}
         }
         let mut clicks: Vec<&StoredTouch> = Vec::new();
         let mut views: Vec<&StoredTouch> = Vec::new();
-        for touch in touches.range(from..to).filter(|x| eligible(x)) {
-            match touch.kind {
-                TouchKind::Click => clicks.push(touch),
-                TouchKind::View => views.push(touch),
+        for touch in a.iter().chain(b.iter()) {
+            if eligible(touch) {
+                match touch.kind() {
+                    TouchKind::Click => clicks.push(touch),
+                    TouchKind::View if clicks.is_empty() => views.push(touch),
+                    TouchKind::View => {}
+                }
             }
         }
         // Clicks beat views.
@@ -543,15 +572,30 @@ impl Engine {
         }
         let ts: Vec<Millis> = eligible.iter().map(|x| x.ts).collect();
         let mut credits: Vec<CreatorCredit<'a>> = Vec::new();
+        // Creator -> index in `credits`; a linear search is cheaper for a few touches, but
+        // a heavy shopper's window holds thousands of touches by hundreds of creators.
+        let mut index: HashMap<u32, usize, ahash::RandomState> = HashMap::default();
+        let few = eligible.len() <= 16;
         for (i, weight) in attribution::credit(self.cfg.model, &ts, t, self.cfg.half_life) {
             let touch = eligible[i];
-            match credits.iter_mut().find(|c| c.creator == touch.creator) {
-                Some(c) => {
+            let found = if few {
+                credits.iter().position(|c| c.creator == touch.creator)
+            } else {
+                index.get(&touch.creator).copied()
+            };
+            match found {
+                Some(at) => {
+                    let c = &mut credits[at];
                     c.weight += weight;
                     c.latest = touch;
                     c.count += 1;
                 }
-                None => credits.push(CreatorCredit { creator: touch.creator, weight, latest: touch, count: 1 }),
+                None => {
+                    if !few {
+                        index.insert(touch.creator, credits.len());
+                    }
+                    credits.push(CreatorCredit { creator: touch.creator, weight, latest: touch, count: 1 });
+                }
             }
         }
         credits
@@ -592,4 +636,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// The touches `from..to` of a deque as its two contiguous parts.
+fn slices(
+    touches: &std::collections::VecDeque<StoredTouch>,
+    from: usize,
+    to: usize,
+) -> (&[StoredTouch], &[StoredTouch]) {
+    let (a, b) = touches.as_slices();
+    let split = a.len();
+    (&a[from.min(split)..to.min(split)], &b[from.max(split) - split..to.max(split) - split])
 }

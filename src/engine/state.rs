@@ -1,7 +1,9 @@
 //! Touch state: each shopper's touches, ordered by `(ts, event_id)`, expired by watermark.
 //!
 //! Creators and products are interned to `u32`, surfaces reduced to the index of their
-//! window override, so a stored touch is its time, its event id and a few small integers.
+//! window override, and a touch's event id lives in its shopper's byte arena, so a stored
+//! touch is 24 bytes plus its id's bytes. The hot fields (time, creator, product, kind)
+//! sit together, so scanning a shopper's window touches nothing else.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -21,25 +23,48 @@ pub fn id_hash(event_id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
 }
 
-/// A touch as kept in state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+const FLAG_CLICK: u8 = 1;
+const FLAG_SELF: u8 = 2;
+
+/// A touch as kept in state (24 bytes). Its event id is in the shopper's arena: read it
+/// with [`UserTouches::event_id`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredTouch {
     pub ts: Millis,
-    pub event_id: Str,
     /// Interned creator id.
     pub creator: u32,
     /// Interned product id, or [`STOREFRONT`].
     pub product: u32,
+    /// Offset of the event id in the shopper's arena.
+    id_off: u32,
     /// Index into the engine's window table (0: no override).
     pub surface: u16,
-    pub kind: TouchKind,
-    /// The creator is the shopper.
-    pub is_self: bool,
+    /// Length of the event id minus one (ids are 1 to 256 bytes).
+    id_len_m1: u8,
+    /// [`FLAG_CLICK`], [`FLAG_SELF`].
+    flags: u8,
 }
 
 impl StoredTouch {
-    fn key(&self) -> (Millis, &str) {
-        (self.ts, self.event_id.as_str())
+    /// View or click.
+    #[inline]
+    pub fn kind(&self) -> TouchKind {
+        if self.flags & FLAG_CLICK != 0 {
+            TouchKind::Click
+        } else {
+            TouchKind::View
+        }
+    }
+
+    /// The creator is the shopper.
+    #[inline]
+    pub fn is_self(&self) -> bool {
+        self.flags & FLAG_SELF != 0
+    }
+
+    fn id_range(&self) -> std::ops::Range<usize> {
+        let off = self.id_off as usize;
+        off..off + self.id_len_m1 as usize + 1
     }
 }
 
@@ -83,11 +108,72 @@ impl Interner {
     }
 }
 
+/// One shopper's touches in `(ts, event_id)` order, and the bytes of their event ids.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct UserTouches {
+pub struct UserTouches {
     touches: VecDeque<StoredTouch>,
+    /// Event id bytes; dropped touches leave `garbage` bytes behind until compaction.
+    arena: Vec<u8>,
+    garbage: u32,
     /// The `ts` this user is queued under in the expiry heap (`Millis::MAX`: not queued).
     queued_at: Millis,
+}
+
+impl UserTouches {
+    /// The touches, in `(ts, event_id)` order.
+    #[inline]
+    pub fn touches(&self) -> &VecDeque<StoredTouch> {
+        &self.touches
+    }
+
+    /// The event id of one of this shopper's touches.
+    pub fn event_id(&self, touch: &StoredTouch) -> &str {
+        // Ids are copied in from `&str` and sliced at their own boundaries.
+        std::str::from_utf8(self.id_bytes(touch)).expect("event ids in the arena are UTF-8")
+    }
+
+    #[inline]
+    fn id_bytes(&self, touch: &StoredTouch) -> &[u8] {
+        &self.arena[touch.id_range()]
+    }
+
+    #[inline]
+    fn key<'a>(&'a self, touch: &StoredTouch) -> (Millis, &'a [u8]) {
+        (touch.ts, self.id_bytes(touch))
+    }
+
+    /// Forgets the id bytes of a dropped touch (compacting when half the arena is waste).
+    fn drop_id(&mut self, touch: &StoredTouch) {
+        self.garbage += touch.id_len_m1 as u32 + 1;
+    }
+
+    /// Rewrites the arena without garbage once it is at least half garbage.
+    fn maybe_compact(&mut self) {
+        let garbage = self.garbage as usize;
+        if garbage >= 64 && garbage * 2 >= self.arena.len() {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let garbage = self.garbage as usize;
+        let mut arena = Vec::with_capacity(self.arena.len() - garbage);
+        for t in self.touches.iter_mut() {
+            let range = t.id_range();
+            t.id_off = arena.len() as u32;
+            arena.extend_from_slice(&self.arena[range]);
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+}
+
+/// Grows `v` by about half when it is full: less slack than doubling for the many
+/// shoppers with a handful of touches, still amortised O(1).
+fn reserve_one<T>(v: &mut VecDeque<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 2).max(2));
+    }
 }
 
 /// What [`TouchStore::insert`] did.
@@ -121,36 +207,57 @@ impl TouchStore {
         if !self.ids.insert(hash) {
             return Inserted::Duplicate;
         }
-        if !self.users.contains_key(touch.user_id.as_str()) {
-            let fresh = UserTouches { touches: VecDeque::new(), queued_at: Millis::MAX };
-            self.users.insert(touch.user_id.clone(), fresh);
-        }
-        let Some(user) = self.users.get_mut(touch.user_id.as_str()) else { unreachable!("inserted above") };
-        let key = (touch.ts, touch.event_id.as_str());
+        let creator = self.creators.intern(&touch.creator_id);
+        let product = touch.product_id.as_deref().map_or(STOREFRONT, |p| self.products.intern(p));
+        let is_self = touch.creator_id == touch.user_id;
+        let user = match self.users.get_mut(touch.user_id.as_str()) {
+            Some(user) => user,
+            None => self.users.entry(touch.user_id.clone()).or_insert(UserTouches {
+                touches: VecDeque::new(),
+                arena: Vec::new(),
+                garbage: 0,
+                queued_at: Millis::MAX,
+            }),
+        };
+        let id = touch.event_id.as_bytes();
+        let key = (touch.ts, id);
         // Touches mostly arrive in time order: check the end before searching.
         let pos = match user.touches.back() {
-            Some(last) if last.key() < key => user.touches.len(),
+            Some(last) if user.key(last) < key => user.touches.len(),
             None => 0,
             // Event ids are unique (checked above), so the key is never found.
-            _ => user.touches.partition_point(|t| t.key() < key),
+            _ => user.touches.partition_point(|t| user.key(t) < key),
         };
+        if user.arena.len() + id.len() > u32::MAX as usize {
+            user.compact(); // 4 GiB of one shopper's ids: only garbage can make room
+        }
+        if user.arena.capacity() - user.arena.len() < id.len() {
+            user.arena.reserve_exact((user.arena.len() / 2).max(id.len()).max(16));
+        }
         let stored = StoredTouch {
             ts: touch.ts,
-            creator: self.creators.intern(&touch.creator_id),
-            product: touch.product_id.as_deref().map_or(STOREFRONT, |p| self.products.intern(p)),
+            creator,
+            product,
+            id_off: u32::try_from(user.arena.len()).expect("a shopper's live event ids fit in 4 GiB"),
             surface,
-            kind: touch.kind,
-            is_self: touch.creator_id == touch.user_id,
-            event_id: touch.event_id,
+            id_len_m1: (id.len() - 1) as u8,
+            flags: if touch.kind == TouchKind::Click { FLAG_CLICK } else { 0 } | if is_self { FLAG_SELF } else { 0 },
         };
+        debug_assert!(!id.is_empty() && id.len() <= 256, "the decoder bounds ids to 1..=256 bytes");
+        user.arena.extend_from_slice(id);
+        reserve_one(&mut user.touches);
         user.touches.insert(pos, stored);
         self.live += 1;
         let mut evicted = 0;
         while user.touches.len() > cap {
             if let Some(old) = user.touches.pop_front() {
-                self.ids.remove(&id_hash(&old.event_id));
+                self.ids.remove(&xxhash_rust::xxh3::xxh3_128(user.id_bytes(&old)));
+                user.drop_id(&old);
             }
             evicted += 1;
+        }
+        if evicted > 0 {
+            user.maybe_compact();
         }
         self.live -= evicted;
         if let Some(oldest) = user.touches.front() {
@@ -167,9 +274,9 @@ impl TouchStore {
         self.ids.contains(&hash)
     }
 
-    /// The shopper's touches in `(ts, event_id)` order.
-    pub fn touches_of(&self, user_id: &str) -> Option<&VecDeque<StoredTouch>> {
-        self.users.get(user_id).map(|u| &u.touches)
+    /// The shopper's touches.
+    pub fn touches_of(&self, user_id: &str) -> Option<&UserTouches> {
+        self.users.get(user_id)
     }
 
     /// Drops every touch with `ts < bound`; returns how many.
@@ -185,9 +292,12 @@ impl TouchStore {
                 continue; // stale entry; the user is queued under another time
             }
             let keep_from = user.touches.partition_point(|t| t.ts < bound);
-            for old in user.touches.drain(..keep_from) {
-                self.ids.remove(&id_hash(&old.event_id));
+            for i in 0..keep_from {
+                let old = user.touches[i];
+                self.ids.remove(&xxhash_rust::xxh3::xxh3_128(user.id_bytes(&old)));
+                user.drop_id(&old);
             }
+            user.touches.drain(..keep_from);
             dropped += keep_from;
             match user.touches.front() {
                 None => {
@@ -196,6 +306,7 @@ impl TouchStore {
                 Some(oldest) => {
                     user.queued_at = oldest.ts;
                     self.expiry.push(Reverse((oldest.ts, user_id)));
+                    user.maybe_compact();
                 }
             }
         }
@@ -231,7 +342,7 @@ mod tests {
     }
 
     fn ids(s: &TouchStore, user: &str) -> Vec<String> {
-        s.touches_of(user).map(|t| t.iter().map(|t| t.event_id.to_string()).collect()).unwrap_or_default()
+        s.touches_of(user).map(|u| u.touches().iter().map(|t| u.event_id(t).to_string()).collect()).unwrap_or_default()
     }
 
     #[test]
