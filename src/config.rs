@@ -426,7 +426,14 @@ impl RawConfig {
             max_out_of_orderness: duration("time.max_out_of_orderness", &t.max_out_of_orderness)?,
             allowed_lateness: duration("time.allowed_lateness", &t.allowed_lateness)?,
             refund_window: duration("time.refund_window", &t.refund_window)?,
-            max_touches_per_user: positive("limits.max_touches_per_user", l.max_touches_per_user)?,
+            // Bounded: each shopper's event ids live in one arena with 32-bit offsets.
+            max_touches_per_user: positive("limits.max_touches_per_user", l.max_touches_per_user).and_then(|n| {
+                if n <= 1_000_000 {
+                    Ok(n)
+                } else {
+                    Err(invalid("limits.max_touches_per_user", "must be at most 1000000"))
+                }
+            })?,
             plan: CommissionPlan::new(rate("commission.default_rate_bps", c.default_rate_bps)?, rules),
         };
         let idle_ms = duration("time.idle_timeout", &t.idle_timeout)?;
