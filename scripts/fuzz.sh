@@ -62,8 +62,7 @@ for target in $("${fuzz[@]}" list --fuzz-dir fuzz); do
   mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
   echo "== fuzz $target for ${secs}s" >&2
   if ! "${fuzz[@]}" run "${opts[@]}" "$target" "fuzz/corpus/$target" -- \
-    -max_total_time="$secs" -timeout=30 -rss_limit_mb=4096 -max_len=16384 -print_final_stats=1 \
-    -artifact_prefix="fuzz/artifacts/$target/"; then
+    -max_total_time="$secs" -timeout=30 -rss_limit_mb=4096 -max_len=16384 -print_final_stats=1; then
     failed+=("$target")
   fi
 done

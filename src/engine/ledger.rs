@@ -130,7 +130,7 @@ impl Ledger {
             return RefundOutcome::Expired;
         }
         let mut units = vec![0i64; lines.len()];
-        let mut excess_units = 0;
+        let mut excess_units: i64 = 0;
         match items {
             None => {
                 for (u, line) in units.iter_mut().zip(lines.iter()) {
@@ -150,7 +150,7 @@ impl Ledger {
                             wanted -= take;
                         }
                     }
-                    excess_units += wanted;
+                    excess_units = excess_units.saturating_add(wanted);
                 }
             }
         }

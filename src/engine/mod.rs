@@ -610,7 +610,7 @@ impl Engine {
         match outcome {
             RefundOutcome::Applied { excess_units } => {
                 self.stats.refund_applied += 1;
-                self.stats.refund_excess_units += excess_units as u64;
+                self.stats.refund_excess_units = self.stats.refund_excess_units.saturating_add(excess_units as u64);
             }
             RefundOutcome::UnknownOrder => self.stats.refund_unknown_order += 1,
             RefundOutcome::UnattributedOrder => self.stats.refund_unattributed_order += 1,

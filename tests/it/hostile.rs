@@ -393,3 +393,19 @@ fn regression_money_totals_overflow_with_huge_prices() {
     let total = summary.stats.money.values().next().expect("USD").0;
     assert!(total > 0, "the total must not wrap: {total}");
 }
+
+/// Found by `scripts/fuzz.sh` (engine target, fuzz/artifacts/engine/crash-6b2a2f54…):
+/// the ledger adds up the excess units of a refund in i64, which overflows (a panic with
+/// overflow checks, a wrapped `refund.excess_units` counter in release) when a refund of
+/// an attributed order asks for more than i64::MAX units in total.
+#[test]
+fn regression_refund_excess_units_overflow() {
+    let huge = r#"{"product_id":"p-x","quantity":9223372036854775807}"#;
+    let refund = format!(
+        r#"{{"type":"refund","event_id":"r-1","ts":1764400700000,"user_id":"u-1","order_id":"ord-1","items":[{huge},{huge}]}}"#
+    );
+    let (sink, summary) = replay_bytes(&Config::default(), format!("{CLICK}\n{PURCHASE}\n{refund}\n").as_bytes());
+    assert_eq!(sink.records.len(), 1, "the commission; nothing of the order is refunded");
+    assert_eq!(summary.stats.refund_applied, 1);
+    assert!(summary.stats.refund_excess_units >= i64::MAX as u64, "saturates, never wraps");
+}
