@@ -26,4 +26,5 @@ pub mod gen;
 pub mod metrics;
 pub mod model;
 pub mod replay;
+#[cfg(feature = "kafka")]
 pub mod worker;
