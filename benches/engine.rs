@@ -14,11 +14,14 @@ use std::time::Duration;
 
 use attrib::codec::{DecodeLimits, Decoder};
 use attrib::config::Config;
-use attrib::engine::{Engine, Output};
+use attrib::engine::Engine;
 use attrib::gen::{generate, GenOptions};
-use attrib::model::{Event, Record};
+use attrib::model::Event;
 use attrib::replay::{replay, Input, JsonLinesSink};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
+
+mod support;
+use support::run_events;
 
 const DECODE_EVENTS: u64 = 100_000;
 const ENGINE_EVENTS: u64 = 200_000;
@@ -34,17 +37,6 @@ fn gen_lines(n: u64) -> Vec<Vec<u8>> {
     })
     .expect("generator runs");
     lines
-}
-
-/// Counts records and nothing else.
-#[derive(Default)]
-struct CountOutput(u64);
-
-impl Output for CountOutput {
-    fn record(&mut self, record: Record, _tag: u64) {
-        black_box(&record);
-        self.0 += 1;
-    }
 }
 
 fn config(model: &str) -> Config {
@@ -82,16 +74,8 @@ fn bench_decode(c: &mut Criterion) {
 /// that dropping its state happens outside the timing.
 fn run_engine(config: &Config, events: Vec<Event>) -> (Engine, u64) {
     let mut engine = Engine::new(config.engine.clone());
-    let bound = config.engine.max_out_of_orderness;
-    let mut out = CountOutput::default();
-    let mut max_ts = i64::MIN;
-    for event in events {
-        max_ts = max_ts.max(event.ts());
-        engine.process(event, 0, &mut out);
-        engine.advance_watermark(max_ts.saturating_sub(bound), &mut out);
-    }
-    engine.finish(&mut out);
-    (engine, out.0)
+    let records = run_events(&mut engine, events, config.engine.max_out_of_orderness);
+    (engine, records)
 }
 
 fn bench_engine(c: &mut Criterion) {

@@ -18,9 +18,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use attrib::config::Config;
-use attrib::engine::{Engine, Output};
-use attrib::model::{Currency, Event, Item, Purchase, Record, Touch, TouchKind};
+use attrib::engine::Engine;
+use attrib::model::{Currency, Event, Item, Purchase, Touch, TouchKind};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+
+mod support;
+use support::{run_events, CountOutput};
 
 const TOUCHES_PER_SHOPPER: u64 = 5;
 const PRODUCTS: u64 = 10_000;
@@ -28,15 +31,6 @@ const CREATORS: u64 = 2_000;
 const BATCH: u64 = 100_000;
 /// 2026-11-01T00:00:00Z.
 const START_MS: i64 = 1_793_491_200_000;
-
-struct CountOutput(u64);
-
-impl Output for CountOutput {
-    fn record(&mut self, record: Record, _tag: u64) {
-        black_box(&record);
-        self.0 += 1;
-    }
-}
 
 fn click(i: u64, user: u64, ts: i64, prefix: &str) -> Event {
     Event::Touch(Touch {
@@ -54,7 +48,7 @@ fn click(i: u64, user: u64, ts: i64, prefix: &str) -> Event {
 fn loaded_engine(config: &Config, n: u64) -> Engine {
     let shoppers = (n / TOUCHES_PER_SHOPPER).max(1);
     let mut engine = Engine::new(config.engine.clone());
-    let mut out = CountOutput(0);
+    let mut out = CountOutput::default();
     for i in 0..n {
         engine.process(click(i, i % shoppers, START_MS + i as i64, "k"), 0, &mut out);
     }
@@ -100,18 +94,6 @@ fn batch(n: u64) -> Vec<Event> {
         .collect()
 }
 
-fn run_batch(engine: &mut Engine, events: Vec<Event>, bound: i64) -> u64 {
-    let mut out = CountOutput(0);
-    let mut max_ts = i64::MIN;
-    for event in events {
-        max_ts = max_ts.max(event.ts());
-        engine.process(event, 0, &mut out);
-        engine.advance_watermark(max_ts.saturating_sub(bound), &mut out);
-    }
-    engine.finish(&mut out);
-    out.0
-}
-
 fn bench_state(c: &mut Criterion) {
     let config = Config::from_toml("").expect("default config");
     let bound = config.engine.max_out_of_orderness;
@@ -132,7 +114,7 @@ fn bench_state(c: &mut Criterion) {
         let events = batch(n);
         {
             let mut check = loaded.clone();
-            assert!(run_batch(&mut check, events.clone(), bound) > 0, "the batch attributes purchases");
+            assert!(run_events(&mut check, events.clone(), bound) > 0, "the batch attributes purchases");
             assert!(check.live_touches() as u64 > n, "nothing expired");
         }
         g.bench_with_input(BenchmarkId::from_parameter(format!("{}M_live_touches", n / 1_000_000)), &n, |b, _| {
@@ -142,7 +124,7 @@ fn bench_state(c: &mut Criterion) {
                     let mut engine = loaded.clone();
                     let evs = events.clone();
                     let start = Instant::now();
-                    black_box(run_batch(&mut engine, evs, bound));
+                    black_box(run_events(&mut engine, evs, bound));
                     timed += start.elapsed();
                     drop(engine);
                 }

@@ -346,6 +346,16 @@ fn positive(key: &str, v: i64) -> Result<usize, ConfigError> {
         .ok_or_else(|| invalid(key, format!("must be a positive integer, got {v}")))
 }
 
+/// A positive integer no larger than `max`.
+fn at_most(key: &str, v: i64, max: usize) -> Result<usize, ConfigError> {
+    let n = positive(key, v)?;
+    if n <= max {
+        Ok(n)
+    } else {
+        Err(invalid(key, format!("must be at most {max}, got {v}")))
+    }
+}
+
 fn rate(key: &str, v: i64) -> Result<u32, ConfigError> {
     u32::try_from(v)
         .ok()
@@ -426,14 +436,8 @@ impl RawConfig {
             max_out_of_orderness: duration("time.max_out_of_orderness", &t.max_out_of_orderness)?,
             allowed_lateness: duration("time.allowed_lateness", &t.allowed_lateness)?,
             refund_window: duration("time.refund_window", &t.refund_window)?,
-            // Bounded: each shopper's event ids live in one arena with 32-bit offsets.
-            max_touches_per_user: positive("limits.max_touches_per_user", l.max_touches_per_user).and_then(|n| {
-                if n <= 1_000_000 {
-                    Ok(n)
-                } else {
-                    Err(invalid("limits.max_touches_per_user", "must be at most 1000000"))
-                }
-            })?,
+            // At most 1,000,000: each shopper's event ids live in one arena with 32-bit offsets.
+            max_touches_per_user: at_most("limits.max_touches_per_user", l.max_touches_per_user, 1_000_000)?,
             plan: CommissionPlan::new(rate("commission.default_rate_bps", c.default_rate_bps)?, rules),
         };
         let idle_ms = duration("time.idle_timeout", &t.idle_timeout)?;
@@ -477,13 +481,7 @@ impl RawConfig {
             limits: DecodeLimits {
                 max_message_bytes: positive("limits.max_message_bytes", l.max_message_bytes)?,
                 max_items: positive("limits.max_items_per_purchase", l.max_items_per_purchase)?,
-                max_id_bytes: positive("limits.max_id_bytes", l.max_id_bytes).and_then(|n| {
-                    if n <= 256 {
-                        Ok(n)
-                    } else {
-                        Err(invalid("limits.max_id_bytes", "SPEC §1 allows at most 256"))
-                    }
-                })?,
+                max_id_bytes: at_most("limits.max_id_bytes", l.max_id_bytes, 256)?,
                 max_depth: positive("limits.max_json_depth", l.max_json_depth)?,
             },
             idle_timeout: Duration::from_millis(idle_ms as u64),
@@ -566,6 +564,9 @@ mod tests {
         assert!(err("[[commission.rules]]\nid = \"x\"\nrate_bps = -1").contains("commission.rules[0].rate_bps"));
         assert!(err("[[commission.rules]]\nrate_bps = 1").contains("commission.rules[0].id"));
         assert!(err("[limits]\nmax_touches_per_user = 0").contains("limits.max_touches_per_user"));
+        assert!(err("[limits]\nmax_touches_per_user = 1000001").contains("limits.max_touches_per_user"));
+        assert!(err("[limits]\nmax_id_bytes = 257").contains("limits.max_id_bytes"));
+        assert!(Config::from_toml("[limits]\nmax_id_bytes = 256\nmax_touches_per_user = 1000000").is_ok());
         assert!(
             err("[attribution.surface.live]\nclick_window = \"x\"").contains("attribution.surface.live.click_window")
         );

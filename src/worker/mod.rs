@@ -209,8 +209,9 @@ struct Core {
     bytes_in: u64,
     first_message: Option<Instant>,
     caught_up_logged: bool,
-    /// Groups under back-pressure.
-    pressed: BTreeSet<i32>,
+    /// Back-pressure is on (state over `limits.max_live_touches` or
+    /// `limits.max_pending_purchases`).
+    pressed: bool,
     dead_letters: SampledLog,
     /// Where the poll loop's wall time goes: commits, and waiting for messages.
     commit_time: Duration,
@@ -262,7 +263,7 @@ impl ConsumerContext for ConsumerCtx {
             core.paused.clear();
             core.held.clear();
             core.held_bytes.clear();
-            core.pressed.clear();
+            core.pressed = false;
             core.ends.clear();
         }
     }
@@ -501,7 +502,7 @@ impl Core {
         self.observe.metrics.set_backpressure("live_touches", over_touches);
         self.observe.metrics.set_backpressure("pending_purchases", over_pending);
         let pressed = over_touches || over_pending;
-        if pressed == self.pressed.is_empty() {
+        if pressed != self.pressed {
             if pressed {
                 warn!(
                     touches,
@@ -510,11 +511,10 @@ impl Core {
                     max_pending_purchases = self.config.max_pending_purchases,
                     "state limit reached: back-pressure, reading only the inputs furthest behind in event time"
                 );
-                self.pressed = self.tasks.keys().copied().collect();
             } else {
                 info!(touches, pending, "state back under its limits: back-pressure released");
-                self.pressed.clear();
             }
+            self.pressed = pressed;
         }
         self.read_ahead_now = if pressed { self.config.engine.max_out_of_orderness } else { self.config.read_ahead };
         // Held messages whose input is no longer ahead go to the engine, in order, until
@@ -953,7 +953,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         bytes_in: 0,
         first_message: None,
         caught_up_logged: false,
-        pressed: BTreeSet::new(),
+        pressed: false,
         dead_letters: SampledLog { last: None, suppressed: 0 },
         commit_time: Duration::ZERO,
         commits: 0,

@@ -22,12 +22,13 @@ impl TaskOutput for Collect {
     }
 }
 
-fn task() -> Task {
+/// A fresh partition-group task with `inputs` inputs and the default config.
+pub fn task(inputs: usize) -> Task {
     let cfg = EngineConfig::default();
     let state = TaskState {
-        watermarks: Watermarks::new(4, cfg.max_out_of_orderness),
+        watermarks: Watermarks::new(inputs, cfg.max_out_of_orderness),
         engine: Engine::new(cfg),
-        positions: vec![None; 4],
+        positions: vec![None; inputs],
         seq: 0,
     };
     Task::new(0, state, TaskSettings { max_future_skew: 3_600_000 })
@@ -67,12 +68,12 @@ fn a_task_restored_from_a_snapshot_continues_exactly() {
             t.on_message(*input, "in", i as i64, line, now, 0, decoder, out);
         }
     };
-    let mut straight = task();
+    let mut straight = task(4);
     let mut want = Collect::default();
     run(&mut straight, 0, lines.len(), &mut want, &mut decoder);
 
     for cut in [1, 7_777, 15_000, 29_999] {
-        let mut first = task();
+        let mut first = task(4);
         let mut got = Collect::default();
         run(&mut first, 0, cut, &mut got, &mut decoder);
         let mut second = restore(&first);

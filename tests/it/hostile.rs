@@ -3,14 +3,12 @@
 
 use attrib::codec::{DecodeLimits, Decoder};
 use attrib::config::Config;
-use attrib::engine::watermark::Watermarks;
 use attrib::engine::{Engine, EngineConfig};
 use attrib::model::{DeadLetterReason, Event, Record, SourcePos, Touch, TouchKind};
 use attrib::replay::{replay, replay_texts, Input, MemorySink, Summary};
-use attrib::worker::task::{Task, TaskSettings, TaskState};
 use std::io;
 
-use crate::checkpoint::Collect;
+use crate::checkpoint::{task, Collect};
 use proptest::prelude::*;
 
 const PURCHASE: &str = r#"{"type":"purchase","event_id":"o-1","ts":1764400600000,"user_id":"u-1","order_id":"ord-1","currency":"USD","items":[{"product_id":"p-1","quantity":1,"unit_price":1000}]}"#;
@@ -289,14 +287,7 @@ fn a_click_flood_keeps_memory_bounded_by_the_per_shopper_cap() {
 
 #[test]
 fn a_future_timestamp_cannot_push_the_watermark_and_make_the_rest_late() {
-    let cfg = EngineConfig::default();
-    let state = TaskState {
-        watermarks: Watermarks::new(1, cfg.max_out_of_orderness),
-        engine: Engine::new(cfg),
-        positions: vec![None],
-        seq: 0,
-    };
-    let mut task = Task::new(0, state, TaskSettings { max_future_skew: 3_600_000 });
+    let mut task = task(1);
     let mut dec = Decoder::new(DecodeLimits::default());
     let mut out = Collect::default();
     let now = 1_764_400_700_000;
@@ -323,14 +314,7 @@ fn an_empty_input_replays_to_nothing() {
 fn an_empty_kafka_message_is_bad_json() {
     // A file's blank line is no event, but an empty Kafka value (or one of blanks) is a
     // message that must be accounted for.
-    let cfg = EngineConfig::default();
-    let state = TaskState {
-        watermarks: Watermarks::new(1, cfg.max_out_of_orderness),
-        engine: Engine::new(cfg),
-        positions: vec![None],
-        seq: 0,
-    };
-    let mut task = Task::new(0, state, TaskSettings { max_future_skew: 3_600_000 });
+    let mut task = task(1);
     let mut dec = Decoder::new(DecodeLimits::default());
     let mut out = Collect::default();
     task.on_message(0, "clicks", 0, b"", 1_764_400_000_000, 0, &mut dec, &mut out);
