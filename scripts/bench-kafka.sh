@@ -189,7 +189,7 @@ printf '%s\n' "${to_create[@]}" |
         --replication-factor 1 >"$OUT/topics.log" 2>&1 ||
     { grep -v 'limitations in metric names' "$OUT/topics.log" | tail -n 20 >&2; die "creating topics failed"; }
 
-# The worker's environment, as tests/broker.rs worker_env sets it: SET names the run.
+# The worker's environment, as tests/broker/ worker_env sets it: SET names the run.
 worker_env() { # worker_env SET INPUT_SET
     local set=$1 inputs
     inputs=$(inputs_of "$2")

@@ -237,15 +237,32 @@ impl Model {
     }
 }
 
-/// `commission` or `reversal`.
+/// What a record is: a commission, a reversal of one, a lock of one (SPEC 8.2) or a
+/// restatement adjustment (SPEC 8.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     Commission,
     Reversal,
+    Lock,
+    Adjustment,
 }
 
-/// A commission or reversal record (SPEC §6). Field order is the wire order.
+impl RecordKind {
+    /// The `kind` word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Commission => "commission",
+            RecordKind::Reversal => "reversal",
+            RecordKind::Lock => "lock",
+            RecordKind::Adjustment => "adjustment",
+        }
+    }
+}
+
+/// A record (SPEC §6, 8.2, 8.3, 8.5), owned. Field order is the wire order. The engine
+/// hands out borrowed [`RecordView`]s; this is their owned form, for tests, `compare`
+/// and `restate`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
@@ -276,6 +293,148 @@ pub struct Record {
     pub original_commission_id: Option<Str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_event_id: Option<Str>,
+    /// Lock records: when the commission locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_ts: Option<Millis>,
+    /// Adjustment records: the restatement's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<Str>,
+    /// Written by a shadow model (SPEC 8.3): never paid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+}
+
+/// A record as the engine writes it: every field borrowed, nothing allocated. Ids that
+/// are built from parts (`commission_id`, `original_commission_id`) are written by the
+/// encoder from their parts:
+///
+/// | kind | `commission_id` | `original_commission_id` |
+/// |---|---|---|
+/// | commission | `purchase_event_id:item_index:creator_id` | – |
+/// | reversal | `refund_event_id:item_index:creator_id` | the commission's id |
+/// | lock | the commission's id + `:lock` | the commission's id |
+/// | adjustment | the commission's id + `:adj:` + revision | – |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub kind: RecordKind,
+    pub order_id: &'a str,
+    pub purchase_event_id: &'a str,
+    pub item_index: u32,
+    pub product_id: &'a str,
+    pub quantity: i64,
+    pub user_id: &'a str,
+    pub creator_id: &'a str,
+    pub model: Model,
+    pub weight: u64,
+    pub total_weight: u64,
+    pub touch_event_id: &'a str,
+    pub touch_type: TouchKind,
+    pub touch_ts: Millis,
+    pub touch_count: u32,
+    pub purchase_ts: Millis,
+    pub gross_minor: i64,
+    pub share_minor: i64,
+    pub rate_bps: u32,
+    pub rule_id: &'a str,
+    pub commission_minor: i64,
+    pub currency: Currency,
+    /// Reversals: the refund.
+    pub refund_event_id: Option<&'a str>,
+    /// Locks: when the commission locked.
+    pub lock_ts: Option<Millis>,
+    /// Adjustments: the restatement's name.
+    pub revision: Option<&'a str>,
+    /// Written by a shadow model.
+    pub shadow: bool,
+}
+
+impl RecordView<'_> {
+    /// `purchase_event_id:item_index:creator_id`: the id of the commission this record is,
+    /// reverses, locks or adjusts.
+    pub fn base_id(&self) -> String {
+        format!("{}:{}:{}", self.purchase_event_id, self.item_index, self.creator_id)
+    }
+
+    /// The record's `commission_id`.
+    pub fn commission_id(&self) -> String {
+        match self.kind {
+            RecordKind::Commission => self.base_id(),
+            RecordKind::Reversal => {
+                format!("{}:{}:{}", self.refund_event_id.unwrap_or_default(), self.item_index, self.creator_id)
+            }
+            RecordKind::Lock => format!("{}:lock", self.base_id()),
+            RecordKind::Adjustment => format!("{}:adj:{}", self.base_id(), self.revision.unwrap_or_default()),
+        }
+    }
+
+    /// The owned form (allocates; not for hot paths).
+    pub fn to_record(&self) -> Record {
+        let original = matches!(self.kind, RecordKind::Reversal | RecordKind::Lock).then(|| self.base_id().into());
+        Record {
+            commission_id: self.commission_id().into(),
+            kind: self.kind,
+            order_id: self.order_id.into(),
+            purchase_event_id: self.purchase_event_id.into(),
+            item_index: self.item_index,
+            product_id: self.product_id.into(),
+            quantity: self.quantity,
+            user_id: self.user_id.into(),
+            creator_id: self.creator_id.into(),
+            model: self.model,
+            weight: self.weight,
+            total_weight: self.total_weight,
+            touch_event_id: self.touch_event_id.into(),
+            touch_type: self.touch_type,
+            touch_ts: self.touch_ts,
+            touch_count: self.touch_count,
+            purchase_ts: self.purchase_ts,
+            gross_minor: self.gross_minor,
+            share_minor: self.share_minor,
+            rate_bps: self.rate_bps,
+            rule_id: self.rule_id.into(),
+            commission_minor: self.commission_minor,
+            currency: self.currency,
+            original_commission_id: original,
+            refund_event_id: self.refund_event_id.map(Into::into),
+            lock_ts: self.lock_ts,
+            revision: self.revision.map(Into::into),
+            shadow: self.shadow,
+        }
+    }
+}
+
+impl Record {
+    /// The borrowed form of an owned record (the inverse of [`RecordView::to_record`]).
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            kind: self.kind,
+            order_id: &self.order_id,
+            purchase_event_id: &self.purchase_event_id,
+            item_index: self.item_index,
+            product_id: &self.product_id,
+            quantity: self.quantity,
+            user_id: &self.user_id,
+            creator_id: &self.creator_id,
+            model: self.model,
+            weight: self.weight,
+            total_weight: self.total_weight,
+            touch_event_id: &self.touch_event_id,
+            touch_type: self.touch_type,
+            touch_ts: self.touch_ts,
+            touch_count: self.touch_count,
+            purchase_ts: self.purchase_ts,
+            gross_minor: self.gross_minor,
+            share_minor: self.share_minor,
+            rate_bps: self.rate_bps,
+            rule_id: &self.rule_id,
+            commission_minor: self.commission_minor,
+            currency: self.currency,
+            refund_event_id: self.refund_event_id.as_deref(),
+            lock_ts: self.lock_ts,
+            revision: self.revision.as_deref(),
+            shadow: self.shadow,
+        }
+    }
 }
 
 /// Why an input was dead-lettered.
@@ -292,16 +451,20 @@ pub enum DeadLetterReason {
     TooLate,
     /// Too far ahead of the wall clock (Kafka worker only).
     FutureTimestamp,
+    /// On an input partition other than the one its `user_id` maps to (Kafka worker
+    /// only, SPEC 8.6).
+    Misrouted,
 }
 
 impl DeadLetterReason {
     /// All reasons, in display order.
-    pub const ALL: [DeadLetterReason; 5] = [
+    pub const ALL: [DeadLetterReason; 6] = [
         DeadLetterReason::InvalidJson,
         DeadLetterReason::InvalidEvent,
         DeadLetterReason::TooLarge,
         DeadLetterReason::TooLate,
         DeadLetterReason::FutureTimestamp,
+        DeadLetterReason::Misrouted,
     ];
 
     /// The `reason` word.
@@ -312,6 +475,7 @@ impl DeadLetterReason {
             DeadLetterReason::TooLarge => "too_large",
             DeadLetterReason::TooLate => "too_late",
             DeadLetterReason::FutureTimestamp => "future_timestamp",
+            DeadLetterReason::Misrouted => "misrouted",
         }
     }
 }

@@ -127,7 +127,7 @@ pub struct Stats {
     pub events_in: u64,
     pub by_type: [TypeStats; 4],
     /// Dead letters by reason, indexed like [`DeadLetterReason::ALL`].
-    pub dead_letter: [u64; 5],
+    pub dead_letter: [u64; 6],
     pub purchases_attributed: u64,
     pub purchases_unattributed: u64,
     pub items_attributed: u64,
@@ -492,6 +492,9 @@ impl Engine {
                     currency: p.currency,
                     original_commission_id: None,
                     refund_event_id: None,
+                    lock_ts: None,
+                    revision: None,
+                    shadow: false,
                 }
             })
             .collect()
@@ -634,6 +637,7 @@ impl Engine {
                 self.stats.records_reversal += 1;
                 totals.1 = totals.1.saturating_add(rec.commission_minor);
             }
+            RecordKind::Lock | RecordKind::Adjustment => {}
         }
     }
 }

@@ -437,6 +437,9 @@ fn attribute(cfg: &Cfg, touches: &[&Ev], purchase: &Ev, idx: usize, line: &Line)
                 currency: Currency::parse(currency).expect("valid currency"),
                 original_commission_id: None,
                 refund_event_id: None,
+                lock_ts: None,
+                revision: None,
+                shadow: false,
             }
         })
         .collect()
