@@ -50,7 +50,7 @@ fn loaded_engine(config: &Config, n: u64) -> Engine {
     let mut engine = Engine::new(config.engine.clone());
     let mut out = CountOutput::default();
     for i in 0..n {
-        engine.process(click(i, i % shoppers, START_MS + i as i64, "k"), 0, &mut out);
+        engine.process(&click(i, i % shoppers, START_MS + i as i64, "k"), 0, &mut out);
     }
     assert_eq!(engine.live_touches() as u64, n);
     engine

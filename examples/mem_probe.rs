@@ -14,7 +14,7 @@ use std::fs;
 
 use attrib::config::Config;
 use attrib::engine::{Engine, Output};
-use attrib::model::{Event, Record, Touch, TouchKind};
+use attrib::model::{Event, RecordView, Touch, TouchKind};
 
 const TOUCHES_PER_SHOPPER: u64 = 5;
 const PRODUCTS: u64 = 10_000;
@@ -25,7 +25,7 @@ const START_MS: i64 = 1_793_491_200_000;
 struct NoOutput;
 
 impl Output for NoOutput {
-    fn record(&mut self, _record: Record, _tag: u64) {}
+    fn record(&mut self, _record: &RecordView<'_>, _tag: u64) {}
 }
 
 /// Resident pages, from `/proc/self/statm` (second field).
@@ -75,7 +75,7 @@ fn main() {
             product_id: Some(format!("p-{}", user % PRODUCTS).into()),
             surface: Some("video".into()),
         };
-        engine.process(Event::Touch(touch), 0, &mut NoOutput);
+        engine.process(&Event::Touch(touch), 0, &mut NoOutput);
     }
     let after = resident_pages() * page;
     let live = engine.live_touches();

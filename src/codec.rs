@@ -36,7 +36,7 @@ impl DecodeError {
 }
 
 /// Size limits applied while decoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DecodeLimits {
     /// Longest accepted message, in bytes.
     pub max_message_bytes: usize,

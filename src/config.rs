@@ -41,6 +41,8 @@ pub struct RawAttribution {
     pub view_window: String,
     pub half_life: String,
     pub allow_self_attribution: bool,
+    /// Other models computed in the same pass, written to the shadow output only.
+    pub shadow_models: Vec<String>,
     pub surface: BTreeMap<String, RawSurface>,
 }
 
@@ -52,6 +54,7 @@ impl Default for RawAttribution {
             view_window: "1d".into(),
             half_life: "1d".into(),
             allow_self_attribution: false,
+            shadow_models: Vec::new(),
             surface: BTreeMap::new(),
         }
     }
@@ -93,12 +96,14 @@ impl Default for RawTime {
 #[serde(deny_unknown_fields, default)]
 pub struct RawCommission {
     pub default_rate_bps: i64,
+    /// Commissions lock this long after their purchase (SPEC 8.2); absent: no locks.
+    pub lock_period: Option<String>,
     pub rules: Vec<RawRule>,
 }
 
 impl Default for RawCommission {
     fn default() -> Self {
-        RawCommission { default_rate_bps: 1000, rules: Vec::new() }
+        RawCommission { default_rate_bps: 1000, lock_period: None, rules: Vec::new() }
     }
 }
 
@@ -333,6 +338,10 @@ impl Config {
     }
 }
 
+/// Most `[attribution.surface.*]` overrides (the engine tells up to 255 surface names
+/// apart over the life of its state, config changes included).
+pub const MAX_SURFACE_OVERRIDES: usize = 64;
+
 fn duration(key: &str, text: &str) -> Result<Millis, ConfigError> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| invalid(key, format!("{text:?} is not a duration like 250ms, 5s, 30m, 1h or 7d ({e})")))?;
@@ -392,6 +401,26 @@ impl RawConfig {
             return Err(invalid("attribution.half_life", "must be longer than 0"));
         }
         let mut surfaces = Vec::new();
+        if a.surface.len() > MAX_SURFACE_OVERRIDES {
+            return Err(invalid("attribution.surface", format!("at most {MAX_SURFACE_OVERRIDES} surfaces")));
+        }
+        let mut shadow_models = Vec::new();
+        for (i, name) in a.shadow_models.iter().enumerate() {
+            let key = format!("attribution.shadow_models[{i}]");
+            let m = Model::parse(name).ok_or_else(|| {
+                invalid(
+                    &key,
+                    format!("{name:?} is not one of last_touch, first_touch, linear, position_based, time_decay"),
+                )
+            })?;
+            if m == model {
+                return Err(invalid(&key, format!("{name:?} is the paid model (attribution.model)")));
+            }
+            if shadow_models.contains(&m) {
+                return Err(invalid(&key, format!("{name:?} is listed twice")));
+            }
+            shadow_models.push(m);
+        }
         for (name, s) in &a.surface {
             let key = |k: &str| format!("attribution.surface.{name}.{k}");
             let click = s.click_window.as_deref().map(|t| duration(&key("click_window"), t)).transpose()?;
@@ -426,6 +455,20 @@ impl RawConfig {
             rules.push(rule);
         }
         let l = &self.limits;
+        let refund_window = duration("time.refund_window", &t.refund_window)?;
+        let lock_period = match &c.lock_period {
+            None => None,
+            Some(text) => {
+                let d = duration("commission.lock_period", text)?;
+                if d > refund_window {
+                    return Err(invalid(
+                        "commission.lock_period",
+                        format!("{text:?} is longer than time.refund_window ({})", t.refund_window),
+                    ));
+                }
+                Some(d)
+            }
+        };
         let engine = EngineConfig {
             model,
             click_window: duration("attribution.click_window", &a.click_window)?,
@@ -435,10 +478,11 @@ impl RawConfig {
             surfaces,
             max_out_of_orderness: duration("time.max_out_of_orderness", &t.max_out_of_orderness)?,
             allowed_lateness: duration("time.allowed_lateness", &t.allowed_lateness)?,
-            refund_window: duration("time.refund_window", &t.refund_window)?,
-            // At most 1,000,000: each shopper's event ids live in one arena with 32-bit offsets.
+            refund_window,
             max_touches_per_user: at_most("limits.max_touches_per_user", l.max_touches_per_user, 1_000_000)?,
             plan: CommissionPlan::new(rate("commission.default_rate_bps", c.default_rate_bps)?, rules),
+            lock_period,
+            shadow_models,
         };
         let idle_ms = duration("time.idle_timeout", &t.idle_timeout)?;
         let k = &self.kafka;

@@ -12,56 +12,88 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::codec::{encode_record, Decoder};
+use crate::codec::encode_record;
 use crate::config::Config;
-use crate::engine::watermark::Watermarks;
-use crate::engine::{Engine, Outcome, Output, Stats};
-use crate::model::{DeadLetter, DeadLetterReason, Record, SourcePos};
+use crate::engine::{Engine, Stats, UnitKey};
+use crate::model::{DeadLetter, Record, RecordView, SourcePos};
+use crate::pipeline::{Pipeline, Processing, Sink};
 
-/// Where replay output goes.
-pub trait Sink {
-    /// One commission or reversal record.
-    fn record(&mut self, record: &Record) -> io::Result<()>;
-    /// One dead letter.
-    fn dead_letter(&mut self, dead_letter: &DeadLetter) -> io::Result<()>;
+/// A [`Sink`] that writes somewhere and may fail: replay stops at the first error.
+pub trait ReplaySink: Sink {
+    /// The first write error since the last call.
+    fn take_error(&mut self) -> Option<io::Error> {
+        None
+    }
 }
 
-/// Records as JSON lines to one writer, dead letters to another (or nowhere).
+/// Records as JSON lines to one writer, dead letters and shadow records to others (or
+/// nowhere).
 pub struct JsonLinesSink<R: Write, D: Write> {
     records: R,
     dead_letters: Option<D>,
+    shadow: Option<Box<dyn Write>>,
     buf: Vec<u8>,
+    error: Option<io::Error>,
 }
 
 impl<R: Write, D: Write> JsonLinesSink<R, D> {
     /// A sink writing records to `records` and dead letters to `dead_letters` if given.
     pub fn new(records: R, dead_letters: Option<D>) -> Self {
-        JsonLinesSink { records, dead_letters, buf: Vec::with_capacity(1024) }
+        JsonLinesSink { records, dead_letters, shadow: None, buf: Vec::with_capacity(1024), error: None }
     }
 
-    /// Flushes both writers.
+    /// Shadow-model records go to `shadow` (otherwise they are dropped).
+    pub fn with_shadow(mut self, shadow: Box<dyn Write>) -> Self {
+        self.shadow = Some(shadow);
+        self
+    }
+
+    /// Flushes every writer.
     pub fn flush(&mut self) -> io::Result<()> {
         self.records.flush()?;
         if let Some(d) = &mut self.dead_letters {
             d.flush()?;
         }
+        if let Some(s) = &mut self.shadow {
+            s.flush()?;
+        }
         Ok(())
+    }
+
+    fn keep(&mut self, r: io::Result<()>) {
+        if let Err(e) = r {
+            self.error.get_or_insert(e);
+        }
     }
 }
 
 impl<R: Write, D: Write> Sink for JsonLinesSink<R, D> {
-    fn record(&mut self, record: &Record) -> io::Result<()> {
+    fn record(&mut self, record: &RecordView<'_>, _tag: u64) {
         self.buf.clear();
-        encode_record(record, &mut self.buf);
-        self.records.write_all(&self.buf)
+        encode_record(&record.to_record(), &mut self.buf); // TODO(codec): the view encoder
+        let r = if record.shadow {
+            match &mut self.shadow {
+                Some(s) => s.write_all(&self.buf),
+                None => Ok(()),
+            }
+        } else {
+            self.records.write_all(&self.buf)
+        };
+        self.keep(r);
     }
 
-    fn dead_letter(&mut self, dead_letter: &DeadLetter) -> io::Result<()> {
+    fn dead_letter(&mut self, dead_letter: DeadLetter) {
         if let Some(d) = &mut self.dead_letters {
-            serde_json::to_writer(&mut *d, dead_letter)?;
-            d.write_all(b"\n")?;
+            let r =
+                serde_json::to_writer(&mut *d, &dead_letter).map_err(io::Error::from).and_then(|()| d.write_all(b"\n"));
+            self.keep(r);
         }
-        Ok(())
+    }
+}
+
+impl<R: Write, D: Write> ReplaySink for JsonLinesSink<R, D> {
+    fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
     }
 }
 
@@ -69,20 +101,25 @@ impl<R: Write, D: Write> Sink for JsonLinesSink<R, D> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MemorySink {
     pub records: Vec<Record>,
+    pub shadow: Vec<Record>,
     pub dead_letters: Vec<DeadLetter>,
 }
 
 impl Sink for MemorySink {
-    fn record(&mut self, record: &Record) -> io::Result<()> {
-        self.records.push(record.clone());
-        Ok(())
+    fn record(&mut self, record: &RecordView<'_>, _tag: u64) {
+        if record.shadow {
+            self.shadow.push(record.to_record());
+        } else {
+            self.records.push(record.to_record());
+        }
     }
 
-    fn dead_letter(&mut self, dead_letter: &DeadLetter) -> io::Result<()> {
-        self.dead_letters.push(dead_letter.clone());
-        Ok(())
+    fn dead_letter(&mut self, dead_letter: DeadLetter) {
+        self.dead_letters.push(dead_letter);
     }
 }
+
+impl ReplaySink for MemorySink {}
 
 /// What a replay did.
 #[derive(Debug, Clone)]
@@ -98,6 +135,8 @@ pub struct Summary {
     /// The limits they are compared with (`limits.max_live_touches`, `max_pending_purchases`).
     pub max_live_touches: usize,
     pub max_pending_purchases: usize,
+    /// Engines the shoppers were split over (`--jobs`).
+    pub jobs: usize,
 }
 
 /// Lines between two looks at the state (peaks, progress).
@@ -140,24 +179,36 @@ pub fn open_files(paths: &[PathBuf]) -> io::Result<Vec<Input<BufReader<File>>>> 
         .collect()
 }
 
-/// The engine's [`Output`] for replay: writes to the sink, measures latency, keeps the
-/// first write error (the engine itself cannot fail).
-struct Collector<'a, S: Sink + ?Sized> {
-    sink: &'a mut S,
-    start: Instant,
-    latency_us: Histogram<u64>,
-    error: Option<io::Error>,
+/// Measures read-to-record latency on the way to the real sink.
+pub(crate) struct Timed<'a, S: ?Sized> {
+    pub sink: &'a mut S,
+    pub start: Instant,
+    pub latency_us: Histogram<u64>,
 }
 
-impl<S: Sink + ?Sized> Output for Collector<'_, S> {
-    fn record(&mut self, record: Record, tag: u64) {
-        let now = self.start.elapsed().as_nanos() as u64;
-        self.latency_us.saturating_record(now.saturating_sub(tag) / 1000);
-        if self.error.is_none() {
-            if let Err(e) = self.sink.record(&record) {
-                self.error = Some(e);
-            }
+impl<'a, S: ?Sized> Timed<'a, S> {
+    pub fn new(sink: &'a mut S, start: Instant) -> Self {
+        Timed { sink, start, latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds") }
+    }
+}
+
+impl<S: Sink + ?Sized> Sink for Timed<'_, S> {
+    #[inline]
+    fn record(&mut self, record: &RecordView<'_>, tag: u64) {
+        if tag > 0 {
+            let now = self.start.elapsed().as_nanos() as u64;
+            self.latency_us.saturating_record(now.saturating_sub(tag) / 1000);
         }
+        self.sink.record(record, tag);
+    }
+
+    fn dead_letter(&mut self, dead_letter: DeadLetter) {
+        self.sink.dead_letter(dead_letter);
+    }
+
+    #[inline]
+    fn unit(&mut self, key: &UnitKey<'_>, on_arrival: bool) {
+        self.sink.unit(key, on_arrival);
     }
 }
 
@@ -168,7 +219,7 @@ struct Reader<R> {
 }
 
 /// Replays the inputs through one engine into `sink`.
-pub fn replay<R: BufRead, S: Sink + ?Sized>(
+pub fn replay<R: BufRead, S: ReplaySink + ?Sized>(
     config: &Config,
     inputs: Vec<Input<R>>,
     sink: &mut S,
@@ -181,7 +232,7 @@ pub fn replay<R: BufRead, S: Sink + ?Sized>(
 /// Replay has no back-pressure to apply: it already reads the input furthest behind in
 /// event time next, which is what the worker falls back to under back-pressure. It
 /// reports the state's peaks against the limits instead (see [`Summary`]).
-pub fn replay_observed<R: BufRead, S: Sink + ?Sized>(
+pub fn replay_observed<R: BufRead, S: ReplaySink + ?Sized>(
     config: &Config,
     inputs: Vec<Input<R>>,
     sink: &mut S,
@@ -189,78 +240,52 @@ pub fn replay_observed<R: BufRead, S: Sink + ?Sized>(
 ) -> io::Result<Summary> {
     let start = Instant::now();
     let (mut peak_live_touches, mut peak_pending, mut lines) = (0, 0, 0u64);
-    let mut engine = Engine::new(config.engine.clone());
-    let mut decoder = Decoder::new(config.limits);
-    let mut watermarks = Watermarks::new(inputs.len(), config.engine.max_out_of_orderness);
+    let mut pipeline = Pipeline::new(Processing::from_config(config), inputs.len());
     let mut readers: Vec<Reader<R>> =
         inputs.into_iter().map(|i| Reader { name: i.name, reader: i.reader, line_no: 0 }).collect();
-    let mut out = Collector {
-        sink,
-        start,
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
-        error: None,
-    };
+    let mut out = Timed::new(sink, start);
     let mut line = Vec::with_capacity(4096);
     let mut bytes_read = 0u64;
+    let finished = |p: &Pipeline, i: usize| p.watermarks().is_finished(i);
     // The unfinished input furthest behind in event time goes next (lowest index on ties).
-    while let Some(i) = (0..readers.len()).filter(|&i| !watermarks.is_finished(i)).min_by_key(|&i| watermarks.max_ts(i))
+    while let Some(i) =
+        (0..readers.len()).filter(|&i| !finished(&pipeline, i)).min_by_key(|&i| pipeline.watermarks().max_ts(i))
     {
         let r = &mut readers[i];
         line.clear();
         let n = r.reader.read_until(b'\n', &mut line)?;
         if n == 0 {
-            watermarks.finish(i);
+            pipeline.finish_input(i, &mut out);
         } else {
             bytes_read += n as u64;
             r.line_no += 1;
             lines += 1;
             if lines % OBSERVE_EVERY == 0 {
-                peak_live_touches = peak_live_touches.max(engine.live_touches());
-                peak_pending = peak_pending.max(engine.pending());
-                observer.observe(bytes_read, &engine);
+                peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
+                peak_pending = peak_pending.max(pipeline.engine().pending());
+                observer.observe(bytes_read, pipeline.engine());
+                if let Some(e) = out.sink.take_error() {
+                    return Err(e);
+                }
             }
             let raw = trim_line(&line);
             if raw.iter().all(u8::is_ascii_whitespace) {
                 continue; // a blank line is not an event
             }
-            engine.stats_mut().events_in += 1;
             let tag = start.elapsed().as_nanos() as u64;
-            match decoder.decode(raw) {
-                Err(e) => {
-                    let source = SourcePos::File { file: r.name.clone(), line: r.line_no };
-                    engine.stats_mut().dead_letter(e.reason);
-                    out.sink.dead_letter(&DeadLetter::new(e.reason, e.message, source, raw))?;
-                }
-                Ok(event) => {
-                    let ts = event.ts();
-                    if engine.process(event, tag, &mut out) == Outcome::TooLate {
-                        let source = SourcePos::File { file: r.name.clone(), line: r.line_no };
-                        let error = format!(
-                            "event time {ts} is behind the watermark {} by more than allowed",
-                            engine.watermark()
-                        );
-                        out.sink.dead_letter(&DeadLetter::new(DeadLetterReason::TooLate, error, source, raw))?;
-                    }
-                    watermarks.observe(i, ts);
-                }
-            }
-        }
-        if let Some(w) = watermarks.current() {
-            engine.advance_watermark(w, &mut out);
-        }
-        if let Some(e) = out.error.take() {
-            return Err(e);
+            let (name, line_no) = (&r.name, r.line_no);
+            pipeline.on_message(i, raw, || SourcePos::File { file: name.clone(), line: line_no }, None, tag, &mut out);
         }
     }
-    peak_live_touches = peak_live_touches.max(engine.live_touches());
-    peak_pending = peak_pending.max(engine.pending());
-    engine.finish(&mut out);
-    if let Some(e) = out.error.take() {
+    peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
+    peak_pending = peak_pending.max(pipeline.engine().pending());
+    pipeline.finish(&mut out);
+    if let Some(e) = out.sink.take_error() {
         return Err(e);
     }
-    observer.observe(bytes_read, &engine);
+    observer.observe(bytes_read, pipeline.engine());
     Ok(Summary {
-        stats: engine.stats().clone(),
+        stats: pipeline.engine().stats().clone(),
         bytes_read,
         elapsed: start.elapsed(),
         latency_us: out.latency_us,
@@ -268,10 +293,11 @@ pub fn replay_observed<R: BufRead, S: Sink + ?Sized>(
         peak_pending,
         max_live_touches: config.max_live_touches,
         max_pending_purchases: config.max_pending_purchases,
+        jobs: 1,
     })
 }
 
-fn trim_line(line: &[u8]) -> &[u8] {
+pub(crate) fn trim_line(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
 }
@@ -352,21 +378,27 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  refunds    applied {}, unknown order {}, unattributed order {}, expired {}, excess units {}",
+            "  refunds    applied {}, unknown order {}, unattributed order {}, expired {}, after lock {}, excess units {}",
             s.refund_applied,
             s.refund_unknown_order,
             s.refund_unattributed_order,
             s.refund_expired,
+            s.refund_after_lock,
             s.refund_excess_units
         )?;
-        writeln!(f, "  records    commission {}, reversal {}", s.records_commission, s.records_reversal)?;
+        writeln!(
+            f,
+            "  records    commission {}, reversal {}, lock {}, shadow {}",
+            s.records_commission, s.records_reversal, s.records_lock, s.records_shadow
+        )?;
         for (currency, (paid, reversed)) in &s.money {
             writeln!(
                 f,
-                "  {currency}        commission {} reversed {} net {} (minor units)",
+                "  {currency}        commission {} reversed {} net {}{} (minor units)",
                 paid,
                 reversed,
-                paid.saturating_add(*reversed)
+                paid.saturating_add(*reversed),
+                s.locked.get(currency).map(|l| format!(" locked {l}")).unwrap_or_default()
             )?;
         }
         let h = &self.latency_us;

@@ -3,15 +3,15 @@
 use std::hint::black_box;
 
 use attrib::engine::{Engine, Output};
-use attrib::model::{Event, Record};
+use attrib::model::{Event, RecordView};
 
 /// Counts records (and keeps the optimiser from dropping them).
 #[derive(Default)]
 pub struct CountOutput(pub u64);
 
 impl Output for CountOutput {
-    fn record(&mut self, record: Record, _tag: u64) {
-        black_box(&record);
+    fn record(&mut self, record: &RecordView<'_>, _tag: u64) {
+        black_box(record);
         self.0 += 1;
     }
 }
@@ -23,7 +23,7 @@ pub fn run_events(engine: &mut Engine, events: Vec<Event>, bound: i64) -> u64 {
     let mut max_ts = i64::MIN;
     for event in events {
         max_ts = max_ts.max(event.ts());
-        engine.process(event, 0, &mut out);
+        engine.process(&event, 0, &mut out);
         engine.advance_watermark(max_ts.saturating_sub(bound), &mut out);
     }
     engine.finish(&mut out);

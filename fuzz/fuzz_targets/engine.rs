@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
-use attrib::codec::{DecodeLimits, Decoder};
+use attrib::codec::DecodeLimits;
 use attrib::engine::plan::{CommissionPlan, Rule};
-use attrib::engine::watermark::Watermarks;
-use attrib::engine::{Engine, EngineConfig, Outcome};
-use attrib::model::{Millis, Model, Record, RecordKind};
+use attrib::engine::{Engine, EngineConfig};
+use attrib::model::{DeadLetter, Millis, Model, Record, RecordKind, RecordView, SourcePos};
+use attrib::pipeline::{Pipeline, Processing, Sink};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 
@@ -40,6 +40,8 @@ struct Cfg {
     refund_window: Span,
     max_touches: u8,
     default_rate: u16,
+    lock_period: Option<Span>,
+    shadows: u8,
     rules: Vec<RuleSpec>,
 }
 
@@ -196,6 +198,14 @@ fn engine_config(c: &Cfg) -> EngineConfig {
         refund_window: c.refund_window.millis(),
         max_touches_per_user: usize::from(c.max_touches % 8) + 1,
         plan: CommissionPlan::new(u32::from(c.default_rate % 10_001), rules),
+        // At most the refund window, as config validation demands.
+        lock_period: c.lock_period.as_ref().map(|l| l.millis().min(c.refund_window.millis())),
+        shadow_models: models
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| c.shadows & (1 << i) != 0 && **m != models[usize::from(c.model) % models.len()])
+            .map(|(_, m)| *m)
+            .collect(),
     }
 }
 
@@ -237,36 +247,36 @@ fn line(op: &Op) -> Option<(u8, Vec<u8>)> {
     Some((input, serde_json::to_vec(&v).expect("json serialises")))
 }
 
-/// What a driver holds: the engine and the watermarks of its inputs.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct State {
-    engine: Engine,
-    watermarks: Watermarks,
+/// Keeps paid and shadow records apart, and counts dead letters.
+#[derive(Default)]
+struct Out {
+    paid: Vec<Record>,
+    shadow: Vec<Record>,
 }
 
-fn step(state: &mut State, decoder: &mut Decoder, op: &Op, n_inputs: usize, out: &mut Vec<Record>) {
+impl Sink for Out {
+    fn record(&mut self, record: &RecordView<'_>, _: u64) {
+        if record.shadow {
+            self.shadow.push(record.to_record());
+        } else {
+            self.paid.push(record.to_record());
+        }
+    }
+    fn dead_letter(&mut self, _: DeadLetter) {}
+}
+
+fn step(p: &mut Pipeline, op: &Op, n_inputs: usize, out: &mut Out) {
     match op {
-        Op::Finish { input } => state.watermarks.finish(usize::from(*input) % n_inputs),
-        Op::Advance(ts) => state.engine.advance_watermark(ts.millis(), out),
+        Op::Finish { input } => p.finish_input(usize::from(*input) % n_inputs, out),
+        Op::Advance(ts) => p.advance_watermark(ts.millis(), out),
         _ => {
             let (input, raw) = line(op).expect("an event op");
             let i = usize::from(input) % n_inputs;
-            if state.watermarks.is_finished(i) {
+            if p.watermarks().is_finished(i) {
                 return; // a finished input reads nothing more
             }
-            state.engine.stats_mut().events_in += 1;
-            match decoder.decode(&raw) {
-                Err(e) => state.engine.stats_mut().dead_letter(e.reason),
-                Ok(event) => {
-                    let ts = event.ts();
-                    let _: Outcome = state.engine.process(event, 0, out);
-                    state.watermarks.observe(i, ts);
-                }
-            }
+            p.on_message(i, &raw, || SourcePos::File { file: "f".into(), line: 0 }, None, 0, out);
         }
-    }
-    if let Some(w) = state.watermarks.current() {
-        state.engine.advance_watermark(w, out);
     }
 }
 
@@ -277,48 +287,56 @@ fuzz_target!(|case: Case| {
     let cfg = engine_config(&case.cfg);
     let n_inputs = usize::from(case.inputs % 3) + 1;
     let max_touches = cfg.max_touches_per_user;
-    let mut state = State { watermarks: Watermarks::new(n_inputs, cfg.max_out_of_orderness), engine: Engine::new(cfg) };
-    let mut decoder = Decoder::new(DecodeLimits::default());
-    let mut out = Vec::new();
+    let processing = Processing { engine: cfg, limits: DecodeLimits::default(), max_future_skew: 0 };
+    let mut state = Pipeline::new(processing, n_inputs);
+    let mut out = Out::default();
     let split = usize::from(case.snapshot_at) % (case.ops.len() + 1);
     let mut twin = None;
     for (k, op) in case.ops.iter().enumerate() {
         if k == split {
-            twin = Some((snapshot(&state), out.len()));
+            twin = Some((snapshot(&state), out.paid.len(), out.shadow.len()));
         }
-        step(&mut state, &mut decoder, op, n_inputs, &mut out);
-        assert!(state.engine.live_touches() <= max_touches * state.engine.shoppers().max(1));
+        step(&mut state, op, n_inputs, &mut out);
+        assert!(state.engine().live_touches() <= max_touches * state.engine().shoppers().max(1));
     }
-    let (mut twin, from) = twin.unwrap_or_else(|| (snapshot(&state), out.len()));
-    state.engine.finish(&mut out);
-    let mut twin_out = Vec::new();
+    let (mut twin, from, from_shadow) = twin.unwrap_or_else(|| (snapshot(&state), out.paid.len(), out.shadow.len()));
+    state.finish(&mut out);
+    let mut twin_out = Out::default();
     for op in &case.ops[split..] {
-        step(&mut twin, &mut decoder, op, n_inputs, &mut twin_out);
+        step(&mut twin, op, n_inputs, &mut twin_out);
     }
-    twin.engine.finish(&mut twin_out);
-    assert!(out[from..] == twin_out[..], "a restored snapshot gives different records");
-    assert_eq!(state.engine.stats(), twin.engine.stats(), "a restored snapshot counts differently");
+    twin.finish(&mut twin_out);
+    assert!(out.paid[from..] == twin_out.paid[..], "a restored snapshot gives different records");
+    assert!(out.shadow[from_shadow..] == twin_out.shadow[..], "a restored snapshot gives different shadow records");
+    assert_eq!(state.engine().stats(), twin.engine().stats(), "a restored snapshot counts differently");
 
-    let stats = state.engine.stats();
+    let stats = state.engine().stats();
     assert_eq!(stats.events_in, stats.accounted(), "every input processed, a duplicate or dead-lettered");
-    assert_eq!(state.engine.pending(), 0);
-    check_records(&out, stats);
+    assert_eq!(state.engine().pending(), 0);
+    check_records(&out.paid, Some(stats));
+    for model in [Model::LastTouch, Model::FirstTouch, Model::Linear, Model::PositionBased, Model::TimeDecay] {
+        let of: Vec<Record> = out.shadow.iter().filter(|r| r.model == model).cloned().collect();
+        check_records(&of, None);
+    }
 });
 
-/// The state through CBOR, as the worker's snapshots carry it.
-fn snapshot(state: &State) -> State {
-    let mut bytes = Vec::new();
-    ciborium::into_writer(state, &mut bytes).expect("state serialises");
-    ciborium::from_reader(&bytes[..]).expect("state deserialises")
+/// The pipeline through its snapshot bytes, as the worker's checkpoints carry it.
+fn snapshot(p: &Pipeline) -> Pipeline {
+    let snap = p.engine().snapshot();
+    let processing = p.processing().clone();
+    let engine = Engine::restore(processing.engine.clone(), &snap.globals, snap.shoppers.iter().map(|(_, b)| b.as_slice()))
+        .expect("a snapshot restores");
+    Pipeline::from_parts(processing, engine, p.watermarks().clone())
 }
 
-fn check_records(out: &[Record], stats: &attrib::engine::Stats) {
+fn check_records(out: &[Record], stats: Option<&attrib::engine::Stats>) {
     // Per (purchase, item): the shares of every credited creator sum to the gross.
     let mut items: BTreeMap<(&str, Millis, u32), (i64, i64)> = BTreeMap::new();
     // Per commission id: (commission, share, quantity) paid, and reversed so far.
     let mut paid: BTreeMap<&str, (i128, i128, i128)> = BTreeMap::new();
     let mut reversed: BTreeMap<&str, (i128, i128, i128)> = BTreeMap::new();
     let mut totals: BTreeMap<_, (i128, i128)> = BTreeMap::new();
+    let mut locked = std::collections::BTreeSet::new();
     for r in out {
         assert!(r.rate_bps <= 10_000);
         assert!(r.weight >= 1 && r.weight <= r.total_weight);
@@ -348,14 +366,30 @@ fn check_records(out: &[Record], stats: &attrib::engine::Stats) {
                 assert!(e.0 <= p.0 && e.1 <= p.1 && e.2 <= p.2, "over-reversed {original}: {e:?} of {p:?}");
                 totals.entry(r.currency).or_default().1 += i128::from(r.commission_minor);
             }
+            RecordKind::Lock => {
+                // A lock pays the commission net of every reversal before it.
+                let original = r.original_commission_id.as_deref().expect("a lock names its commission");
+                let p = paid.get(original).copied().expect("the locked commission was written before");
+                let e = reversed.get(original).copied().unwrap_or_default();
+                assert_eq!(i128::from(r.commission_minor), p.0 - e.0, "lock of {original}");
+                assert_eq!(i128::from(r.share_minor), p.1 - e.1, "lock of {original}");
+                assert_eq!(i128::from(r.quantity), p.2 - e.2, "lock of {original}");
+                assert!(locked.insert(original), "{original} locked twice");
+            }
+            RecordKind::Adjustment => panic!("the engine writes no adjustments"),
+        }
+        if let Some(original) = r.original_commission_id.as_deref().filter(|_| r.kind == RecordKind::Reversal) {
+            assert!(!locked.contains(original), "{original} reversed after its lock");
         }
     }
     for (key, (shares, gross)) in items {
         assert_eq!(shares, gross, "shares of {key:?} do not sum to the gross");
     }
+    let Some(stats) = stats else { return };
     let count = |k| out.iter().filter(|r| r.kind == k).count() as u64;
     assert_eq!(stats.records_commission, count(RecordKind::Commission));
     assert_eq!(stats.records_reversal, count(RecordKind::Reversal));
+    assert_eq!(stats.records_lock, count(RecordKind::Lock));
     // The totals saturate at the i64 bounds (commissions are >= 0, reversals <= 0, so a
     // saturated running sum is the clamped exact sum).
     let clamp = |v: i128| v.clamp(i128::from(i64::MIN), i128::from(i64::MAX));

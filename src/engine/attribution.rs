@@ -1,6 +1,173 @@
 //! The attribution models (SPEC §2): which eligible touches are credited, with what weight.
 
-use crate::model::{Millis, Model};
+use std::collections::HashMap;
+
+use super::state::{StoredTouch, STOREFRONT};
+use crate::model::{Millis, Model, TouchKind};
+
+/// The earliest eligible touch time per surface and kind for one purchase time, so the
+/// test per touch is one lookup and three compares.
+pub struct EligibleWindows {
+    /// `[view floor, click floor]` by surface index.
+    floors: Vec<[Millis; 2]>,
+    /// Oldest time any touch can be eligible, and any click.
+    oldest: Millis,
+    oldest_click: Millis,
+    purchase_ts: Millis,
+}
+
+impl EligibleWindows {
+    /// Floors for a purchase at `t`, from `[click, view]` windows by surface index.
+    pub fn new(windows: &[[Millis; 2]], max_window: Millis, max_click_window: Millis, t: Millis) -> EligibleWindows {
+        EligibleWindows {
+            floors: windows.iter().map(|w| [t.saturating_sub(w[1]), t.saturating_sub(w[0])]).collect(),
+            oldest: t.saturating_sub(max_window),
+            oldest_click: t.saturating_sub(max_click_window),
+            purchase_ts: t,
+        }
+    }
+
+    /// Whether the touch lies inside its own window (kind and surface).
+    #[inline]
+    pub fn in_window(&self, touch: &StoredTouch) -> bool {
+        let is_click = touch.kind() == TouchKind::Click;
+        touch.ts <= self.purchase_ts
+            && self.floors.get(touch.surface as usize).is_some_and(|f| touch.ts >= f[usize::from(is_click)])
+    }
+
+    /// The touches that can be eligible at all: `oldest ..= purchase_ts`.
+    pub fn range(&self, touches: &[StoredTouch]) -> std::ops::Range<usize> {
+        let from = touches.partition_point(|x| x.ts < self.oldest);
+        let to = touches.partition_point(|x| x.ts <= self.purchase_ts);
+        from..to.max(from)
+    }
+}
+
+/// One creator's credit on one item.
+#[derive(Clone, Copy, Debug)]
+pub struct CreatorCredit {
+    pub creator: u32,
+    pub weight: u64,
+    /// The creator's latest credited touch.
+    pub latest: StoredTouch,
+    pub count: u32,
+}
+
+impl CreatorCredit {
+    fn single(touch: &StoredTouch) -> CreatorCredit {
+        CreatorCredit { creator: touch.creator, weight: 1, latest: *touch, count: 1 }
+    }
+}
+
+/// Eligible touches → model → weights summed per creator, creators in order of their
+/// first credited touch. `touches` are one shopper's, in `(ts, event_id)` order;
+/// `product` is the item's interned product ([`STOREFRONT`] if nobody touched it).
+pub fn credits_for(
+    model: Model,
+    touches: &[StoredTouch],
+    w: &EligibleWindows,
+    product: u32,
+    allow_self: bool,
+    half_life: Millis,
+    t: Millis,
+) -> Vec<CreatorCredit> {
+    let eligible = |touch: &StoredTouch| {
+        w.in_window(touch)
+            && (touch.product == STOREFRONT || touch.product == product)
+            && (allow_self || !touch.is_self())
+    };
+    let window = &touches[w.range(touches)];
+    match model {
+        Model::LastTouch => {
+            // Walk back from the purchase: the first eligible click is the answer; the
+            // first eligible view is, if no click turns up within any click window.
+            let mut last_view = None;
+            for touch in window.iter().rev() {
+                if touch.ts < w.oldest_click && last_view.is_some() {
+                    break;
+                }
+                if eligible(touch) {
+                    match touch.kind() {
+                        TouchKind::Click => return vec![CreatorCredit::single(touch)],
+                        TouchKind::View if last_view.is_none() => last_view = Some(touch),
+                        TouchKind::View => {}
+                    }
+                }
+            }
+            return last_view.map(CreatorCredit::single).into_iter().collect();
+        }
+        Model::FirstTouch => {
+            // Walk forward: the first eligible click is the answer; the first eligible
+            // view is, if there is no eligible click at all.
+            let mut first_view = None;
+            for touch in window {
+                if eligible(touch) {
+                    match touch.kind() {
+                        TouchKind::Click => return vec![CreatorCredit::single(touch)],
+                        TouchKind::View if first_view.is_none() => first_view = Some(touch),
+                        TouchKind::View => {}
+                    }
+                }
+            }
+            return first_view.map(CreatorCredit::single).into_iter().collect();
+        }
+        Model::Linear | Model::PositionBased | Model::TimeDecay => {}
+    }
+    let (clicks, views) = split_eligible(window, eligible);
+    // Clicks beat views.
+    let eligible = if clicks.is_empty() { views } else { clicks };
+    if eligible.is_empty() {
+        return Vec::new();
+    }
+    let ts: Vec<Millis> = eligible.iter().map(|x| x.ts).collect();
+    let mut credits: Vec<CreatorCredit> = Vec::new();
+    // Creator -> index in `credits`; a linear search is cheaper for a few touches, but a
+    // heavy shopper's window holds thousands of touches by hundreds of creators.
+    let mut index: HashMap<u32, usize, ahash::RandomState> = HashMap::default();
+    let few = eligible.len() <= 16;
+    for (i, weight) in credit(model, &ts, t, half_life) {
+        let touch = eligible[i];
+        let found = if few {
+            credits.iter().position(|c| c.creator == touch.creator)
+        } else {
+            index.get(&touch.creator).copied()
+        };
+        match found {
+            Some(at) => {
+                let c = &mut credits[at];
+                c.weight += weight;
+                c.latest = *touch;
+                c.count += 1;
+            }
+            None => {
+                if !few {
+                    index.insert(touch.creator, credits.len());
+                }
+                credits.push(CreatorCredit { creator: touch.creator, weight, latest: *touch, count: 1 });
+            }
+        }
+    }
+    credits
+}
+
+/// The eligible clicks and (while no click is found) views, in touch order.
+pub fn split_eligible(
+    window: &[StoredTouch],
+    eligible: impl Fn(&StoredTouch) -> bool,
+) -> (Vec<&StoredTouch>, Vec<&StoredTouch>) {
+    let mut clicks: Vec<&StoredTouch> = Vec::new();
+    let mut views: Vec<&StoredTouch> = Vec::new();
+    for touch in window {
+        if eligible(touch) {
+            match touch.kind() {
+                TouchKind::Click => clicks.push(touch),
+                TouchKind::View if clicks.is_empty() => views.push(touch),
+                TouchKind::View => {}
+            }
+        }
+    }
+    (clicks, views)
+}
 
 /// Credited touches and their integer weights, as `(index into eligible, weight)`.
 ///

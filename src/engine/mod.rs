@@ -1,34 +1,40 @@
-//! The attribution engine: events and watermarks in, records out (SPEC §2–§5).
+//! The attribution engine: events and watermarks in, records out (SPEC §2–§5, 8.1–8.3).
 //!
 //! Synchronous and pure: time comes only from events, and the engine knows nothing of
-//! files or Kafka. Drivers ([`crate::replay`], the Kafka worker, tests, benchmarks) feed
-//! it with [`Engine::process`] and [`Engine::advance_watermark`] and receive records
-//! through an [`Output`].
+//! files or Kafka. Drivers (the [`crate::pipeline`], and through it replay, the Kafka
+//! worker, tests and benchmarks) feed it with [`Engine::process`] and
+//! [`Engine::advance_watermark`] and receive records through an [`Output`].
 //!
 //! Life of a purchase: it waits in `pending` until the watermark passes it (`W > ts`),
-//! then final events are handled in `(ts, event_id)` order: each item is attributed to
-//! the shopper's eligible touches, the gross is split and commissions computed, and the
-//! order goes into the ledger for refunds.
+//! then final events are handled in `(ts, event_id, user_id)` order: each item is
+//! attributed to the shopper's eligible touches under the paid model (and each shadow
+//! model), the gross is split and commissions computed, and the order goes into the
+//! shopper's ledger for refunds and locks. Locks (SPEC 8.2) are handled in the same
+//! time order, each before any event at or after its lock time.
+//!
+//! Everything a shopper owns lives in its slot (see [`state`]): ids are duplicates only
+//! for the same shopper, so shoppers can be split over engines (parallel replay, Kafka
+//! partitions) without changing a record.
 
 pub mod attribution;
+pub mod checkpoint;
+pub mod intern;
 pub mod ledger;
 pub mod money;
 pub mod plan;
 pub mod state;
 pub mod watermark;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
-use compact_str::format_compact;
 use serde::{Deserialize, Serialize};
 
-use self::ledger::{Credit, Ledger, Line, Order, RefundOutcome};
+use self::attribution::{credits_for, EligibleWindows};
+use self::ledger::{Credit, Line, Order, RefundOutcome};
 use self::plan::CommissionPlan;
-use self::state::{id_hash, Inserted, StoredTouch, TouchStore, UserTouches, STOREFRONT};
+use self::state::{id_hash, Inserted, NewTouch, Retention, Shoppers, STOREFRONT};
 use crate::model::{
-    Currency, DeadLetterReason, Event, EventType, Item, Millis, Model, Purchase, Record, RecordKind, Refund, Str,
-    TouchKind,
+    Currency, DeadLetterReason, Event, EventType, Millis, Model, Purchase, RecordKind, RecordView, Refund, Str,
 };
 
 /// Engine settings, validated (see [`crate::config`]).
@@ -46,6 +52,12 @@ pub struct EngineConfig {
     pub refund_window: Millis,
     pub max_touches_per_user: usize,
     pub plan: CommissionPlan,
+    /// `commission.lock_period` (SPEC 8.2); `None`: nothing locks.
+    #[serde(default)]
+    pub lock_period: Option<Millis>,
+    /// `attribution.shadow_models` (SPEC 8.3).
+    #[serde(default)]
+    pub shadow_models: Vec<Model>,
 }
 
 impl Default for EngineConfig {
@@ -63,36 +75,67 @@ impl Default for EngineConfig {
             refund_window: 30 * DAY,
             max_touches_per_user: 10_000,
             plan: CommissionPlan::new(1000, Vec::new()),
+            lock_period: None,
+            shadow_models: Vec::new(),
         }
     }
 }
 
 impl EngineConfig {
-    /// `[click, view]` window per surface index; index 0 is the default.
-    fn window_table(&self) -> Vec<[Millis; 2]> {
-        std::iter::once([self.click_window, self.view_window])
-            .chain(
-                self.surfaces.iter().map(|(_, c, v)| [c.unwrap_or(self.click_window), v.unwrap_or(self.view_window)]),
-            )
-            .collect()
-    }
-
     /// The longest window of all, overrides included.
     pub fn max_window(&self) -> Millis {
-        self.window_table().iter().flatten().copied().max().unwrap_or(0)
+        self.surfaces
+            .iter()
+            .flat_map(|(_, c, v)| [c.unwrap_or(self.click_window), v.unwrap_or(self.view_window)])
+            .chain([self.click_window, self.view_window])
+            .max()
+            .unwrap_or(0)
     }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            touches: self.max_window().saturating_add(self.allowed_lateness),
+            ids: self.allowed_lateness,
+            // Orders are looked up until `refund_window + allowed_lateness` after their
+            // purchase, by events that are at most `allowed_lateness` behind W.
+            orders: self.refund_window.saturating_add(self.allowed_lateness).saturating_add(self.allowed_lateness),
+        }
+    }
+
+    /// Every model computed: the paid one first, then the shadows.
+    fn models(&self) -> impl Iterator<Item = (Model, bool)> + '_ {
+        std::iter::once((self.model, false)).chain(self.shadow_models.iter().map(|&m| (m, true)))
+    }
+}
+
+/// Where a group of records comes from, in the order a single engine writes them: the
+/// key by which outputs of engines that split the shoppers are merged back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnitKey<'a> {
+    /// Event time of the event, or lock time of the lock.
+    pub time: Millis,
+    /// 0: a lock (handled before events at its time), 1: an event.
+    pub class: u8,
+    /// The purchase's time (locks), else the event's.
+    pub at: Millis,
+    /// The event's id (the purchase's for locks).
+    pub event_id: &'a str,
+    pub user_id: &'a str,
 }
 
 /// Receives the engine's records. `tag` is the opaque value given to
-/// [`Engine::process`] with the purchase or refund that produced the record.
+/// [`Engine::process`] with the purchase or refund that produced the record (0 for locks).
 pub trait Output {
-    /// One commission or reversal record.
-    fn record(&mut self, record: Record, tag: u64);
+    /// One record (paid, or a shadow model's when `record.shadow`).
+    fn record(&mut self, record: &RecordView<'_>, tag: u64);
+    /// Marks the start of the records of one final event or lock. `on_arrival`: a late
+    /// event handled as it arrived, not by a watermark move.
+    fn unit(&mut self, _key: &UnitKey<'_>, _on_arrival: bool) {}
 }
 
-impl Output for Vec<Record> {
-    fn record(&mut self, record: Record, _tag: u64) {
-        self.push(record);
+impl Output for Vec<crate::model::Record> {
+    fn record(&mut self, record: &RecordView<'_>, _tag: u64) {
+        self.push(record.to_record());
     }
 }
 
@@ -136,13 +179,19 @@ pub struct Stats {
     pub refund_unknown_order: u64,
     pub refund_unattributed_order: u64,
     pub refund_expired: u64,
+    pub refund_after_lock: u64,
     pub refund_excess_units: u64,
     pub records_commission: u64,
     pub records_reversal: u64,
+    pub records_lock: u64,
+    /// Records of shadow models (never paid).
+    pub records_shadow: u64,
     pub touches_evicted_cap: u64,
     /// Per currency: (commission total, reversal total), minor units; a summary figure,
     /// saturating at the i64 bounds (each record's own amounts are exact).
     pub money: BTreeMap<Currency, (i64, i64)>,
+    /// Per currency: the amounts of lock records (what was locked for payout).
+    pub locked: BTreeMap<Currency, i64>,
 }
 
 impl Stats {
@@ -163,6 +212,46 @@ impl Stats {
     /// Every input is processed, a duplicate, or dead-lettered.
     pub fn accounted(&self) -> u64 {
         self.total(|t| t.processed + t.duplicate_event + t.duplicate_order) + self.dead_letter.iter().sum::<u64>()
+    }
+
+    /// Adds another engine's counters (engines that split the shoppers of one input).
+    pub fn merge(&mut self, o: &Stats) {
+        self.events_in += o.events_in;
+        for (a, b) in self.by_type.iter_mut().zip(&o.by_type) {
+            a.read += b.read;
+            a.processed += b.processed;
+            a.duplicate_event += b.duplicate_event;
+            a.duplicate_order += b.duplicate_order;
+            a.late += b.late;
+            a.too_late += b.too_late;
+        }
+        for (a, b) in self.dead_letter.iter_mut().zip(&o.dead_letter) {
+            *a += b;
+        }
+        self.purchases_attributed += o.purchases_attributed;
+        self.purchases_unattributed += o.purchases_unattributed;
+        self.items_attributed += o.items_attributed;
+        self.items_unattributed += o.items_unattributed;
+        self.refund_applied += o.refund_applied;
+        self.refund_unknown_order += o.refund_unknown_order;
+        self.refund_unattributed_order += o.refund_unattributed_order;
+        self.refund_expired += o.refund_expired;
+        self.refund_after_lock += o.refund_after_lock;
+        self.refund_excess_units = self.refund_excess_units.saturating_add(o.refund_excess_units);
+        self.records_commission += o.records_commission;
+        self.records_reversal += o.records_reversal;
+        self.records_lock += o.records_lock;
+        self.records_shadow += o.records_shadow;
+        self.touches_evicted_cap += o.touches_evicted_cap;
+        for (c, (p, r)) in &o.money {
+            let t = self.money.entry(*c).or_default();
+            t.0 = t.0.saturating_add(*p);
+            t.1 = t.1.saturating_add(*r);
+        }
+        for (c, l) in &o.locked {
+            let t = self.locked.entry(*c).or_default();
+            *t = t.saturating_add(*l);
+        }
     }
 
     /// Flat named counters (the names used by golden scenarios and metrics).
@@ -187,79 +276,106 @@ impl Stats {
         m.insert("refund.unknown_order".into(), self.refund_unknown_order);
         m.insert("refund.unattributed_order".into(), self.refund_unattributed_order);
         m.insert("refund.expired".into(), self.refund_expired);
+        m.insert("refund.after_lock".into(), self.refund_after_lock);
         m.insert("refund.excess_units".into(), self.refund_excess_units);
         m.insert("records.commission".into(), self.records_commission);
         m.insert("records.reversal".into(), self.records_reversal);
+        m.insert("records.lock".into(), self.records_lock);
+        m.insert("records.shadow".into(), self.records_shadow);
         m.insert("touches.evicted_cap".into(), self.touches_evicted_cap);
         m
     }
 }
 
 /// A purchase or refund waiting for the watermark.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum Final {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Final {
     Purchase(Purchase),
     Refund(Refund),
 }
 
-/// One creator's credit on one item.
-struct CreatorCredit<'a> {
-    creator: u32,
-    weight: u64,
-    latest: &'a StoredTouch,
-    count: u32,
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub slot: u32,
+    pub fin: Final,
+    pub tag: u64,
 }
 
-impl<'a> CreatorCredit<'a> {
-    /// The whole item to one touch (weight 1).
-    fn single(touch: &'a StoredTouch) -> CreatorCredit<'a> {
-        CreatorCredit { creator: touch.creator, weight: 1, latest: touch, count: 1 }
-    }
-}
+/// `(ts, event_id, user_id)`: the order in which final events are handled.
+pub(crate) type PendingKey = (Millis, Str, Str);
+/// `(lock_ts, purchase_ts, purchase_event_id, user_id)`.
+pub(crate) type LockKey = (Millis, Millis, Str, Str);
 
-/// The attribution engine for one partition of shoppers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Most surface names the engine tells apart (window overrides), across config changes.
+pub const MAX_SURFACES: usize = 255;
+
+/// The attribution engine for one set of shoppers.
+#[derive(Clone, Debug)]
 pub struct Engine {
     cfg: EngineConfig,
+    /// Surface names ever configured (index + 1 is a touch's surface; 0: none or
+    /// another surface). Append-only, so stored touches keep their meaning when the
+    /// config changes.
+    surfaces: Vec<Str>,
     /// `[click, view]` window by surface index.
     windows: Vec<[Millis; 2]>,
-    /// Longest window plus allowed lateness: how long touches are kept.
-    touch_retention: Millis,
-    /// Longest window of any kind and surface.
+    retention: Retention,
     max_window: Millis,
-    /// Longest click window of any surface.
     max_click_window: Millis,
     watermark: Millis,
-    touches: TouchStore,
-    pending: BTreeMap<(Millis, Str), (Final, u64)>,
-    /// Event id hashes of purchases and refunds seen, until they are too late to repeat.
-    seen_ids: HashSet<u128, ahash::RandomState>,
-    seen_expiry: BinaryHeap<Reverse<(Millis, u128)>>,
-    ledger: Ledger,
+    /// Largest event time handed to [`Engine::process`] (locks at the end of input).
+    max_ts: Millis,
+    shoppers: Shoppers,
+    pending: BTreeMap<PendingKey, Pending>,
+    locks: BTreeMap<LockKey, u32>,
     stats: Stats,
 }
 
 impl Engine {
     /// An empty engine.
     pub fn new(cfg: EngineConfig) -> Engine {
-        let windows = cfg.window_table();
-        let ledger = Ledger::new(cfg.refund_window.saturating_add(cfg.allowed_lateness));
-        let max_window = cfg.max_window();
-        let max_click_window = windows.iter().map(|w| w[0]).max().unwrap_or(0);
-        let touch_retention = max_window.saturating_add(cfg.allowed_lateness);
-        Engine {
-            cfg,
-            windows,
-            touch_retention,
-            max_window,
-            max_click_window,
+        let mut e = Engine {
+            cfg: EngineConfig::default(),
+            surfaces: Vec::new(),
+            windows: Vec::new(),
+            retention: Retention { touches: 0, ids: 0, orders: 0 },
+            max_window: 0,
+            max_click_window: 0,
             watermark: Millis::MIN,
-            touches: TouchStore::default(),
+            max_ts: Millis::MIN,
+            shoppers: Shoppers::default(),
             pending: BTreeMap::new(),
-            seen_ids: HashSet::default(),
-            seen_expiry: BinaryHeap::new(),
-            ledger,
+            locks: BTreeMap::new(),
             stats: Stats::default(),
+        };
+        e.set_config(cfg);
+        e
+    }
+
+    /// Applies a new config from now on (SPEC 8.1): purchases and refunds that become
+    /// final from here are handled under it; what was written is never rewritten, and
+    /// reversals and locks take back amounts at the rates of the commissions they touch.
+    pub fn set_config(&mut self, cfg: EngineConfig) {
+        for (name, _, _) in &cfg.surfaces {
+            if !self.surfaces.contains(name) && self.surfaces.len() < MAX_SURFACES {
+                self.surfaces.push(name.clone());
+            }
+        }
+        let default = [cfg.click_window, cfg.view_window];
+        self.windows = std::iter::once(default)
+            .chain(self.surfaces.iter().map(|name| match cfg.surfaces.iter().find(|s| s.0 == *name) {
+                Some((_, c, v)) => [c.unwrap_or(cfg.click_window), v.unwrap_or(cfg.view_window)],
+                None => default,
+            }))
+            .collect();
+        self.max_window = cfg.max_window();
+        self.max_click_window = self.windows.iter().map(|w| w[0]).max().unwrap_or(0);
+        let retention = cfg.retention();
+        let requeue = retention != self.retention;
+        self.retention = retention;
+        self.cfg = cfg;
+        if requeue {
+            self.shoppers.requeue_all(&self.retention);
         }
     }
 
@@ -285,12 +401,12 @@ impl Engine {
 
     /// Touches in state.
     pub fn live_touches(&self) -> usize {
-        self.touches.live()
+        self.shoppers.live()
     }
 
-    /// Shoppers with touches in state.
+    /// Shoppers in state (with touches, ids or orders).
     pub fn shoppers(&self) -> usize {
-        self.touches.shoppers()
+        self.shoppers.len()
     }
 
     /// Purchases and refunds waiting for the watermark.
@@ -298,32 +414,49 @@ impl Engine {
         self.pending.len()
     }
 
-    /// Orders in the ledger.
+    /// Orders in the ledgers.
     pub fn ledger_len(&self) -> usize {
-        self.ledger.len()
+        self.shoppers.slots().map(|s| self.shoppers.get(s).cold.as_ref().map_or(0, |c| c.orders.len())).sum()
+    }
+
+    /// The surface index of a touch's `surface` (0: none or not configured).
+    fn surface_index(&self, surface: Option<&str>) -> u8 {
+        surface.and_then(|s| self.surfaces.iter().position(|n| n == s)).map_or(0, |i| i as u8 + 1)
     }
 
     /// Takes one valid event. `tag` is handed back with the records it produces.
-    pub fn process(&mut self, event: Event, tag: u64, out: &mut impl Output) -> Outcome {
+    pub fn process(&mut self, event: &Event, tag: u64, out: &mut impl Output) -> Outcome {
         let ts = event.ts();
         let ty = event.event_type();
         let late = ts < self.watermark;
-        let hash = id_hash(event.event_id());
         self.stats.of(ty).read += 1;
+        self.max_ts = self.max_ts.max(ts);
         let outcome = match event {
             Event::Touch(touch) => {
-                if ts < self.watermark.saturating_sub(self.touch_retention) {
+                if ts < self.watermark.saturating_sub(self.retention.touches) {
                     Outcome::TooLate
-                } else if self.seen_ids.contains(&hash) {
-                    Outcome::Duplicate
                 } else {
-                    let surface = self.surface_index(touch.surface.as_deref());
-                    match self.touches.insert(touch, hash, surface, self.cfg.max_touches_per_user) {
-                        Inserted::Duplicate => Outcome::Duplicate,
-                        Inserted::Stored { evicted } => {
-                            self.stats.touches_evicted_cap += evicted as u64;
-                            self.stats.of(ty).processed += 1;
-                            Outcome::Accepted { late }
+                    let slot = self.shoppers.find_or_insert(&touch.user_id);
+                    let seen = self.shoppers.get(slot).cold.as_ref().is_some_and(|c| !c.seen.is_empty())
+                        && self.shoppers.has_seen(slot, id_hash(&touch.event_id));
+                    if seen {
+                        Outcome::Duplicate
+                    } else {
+                        let new = NewTouch {
+                            kind: touch.kind,
+                            event_id: &touch.event_id,
+                            ts,
+                            creator_id: &touch.creator_id,
+                            product_id: touch.product_id.as_deref(),
+                            surface: self.surface_index(touch.surface.as_deref()),
+                        };
+                        match self.shoppers.insert_touch(slot, &new, self.cfg.max_touches_per_user, &self.retention) {
+                            Inserted::Duplicate => Outcome::Duplicate,
+                            Inserted::Stored { evicted } => {
+                                self.stats.touches_evicted_cap += evicted as u64;
+                                self.stats.of(ty).processed += 1;
+                                Outcome::Accepted { late }
+                            }
                         }
                     }
                 }
@@ -331,23 +464,30 @@ impl Engine {
             Event::Purchase(_) | Event::Refund(_) => {
                 if ts < self.watermark.saturating_sub(self.cfg.allowed_lateness) {
                     Outcome::TooLate
-                } else if self.is_seen(hash) {
-                    Outcome::Duplicate
                 } else {
-                    let (id, fin) = match event {
-                        Event::Purchase(p) => (p.event_id.clone(), Final::Purchase(p)),
-                        Event::Refund(r) => (r.event_id.clone(), Final::Refund(r)),
-                        Event::Touch(_) => unreachable!("matched above"),
-                    };
-                    self.seen_ids.insert(hash);
-                    self.seen_expiry.push(Reverse((ts, hash)));
-                    if late {
-                        // Behind the watermark: final on arrival.
-                        self.finalize(fin, tag, out);
+                    let (user_id, event_id) = (event.user_id(), event.event_id());
+                    let slot = self.shoppers.find_or_insert(user_id);
+                    let hash = id_hash(event_id);
+                    if self.shoppers.has_seen(slot, hash) || self.shoppers.has_touch_id(slot, event_id) {
+                        Outcome::Duplicate
                     } else {
-                        self.pending.insert((ts, id), (fin, tag));
+                        let fin = match event {
+                            Event::Purchase(p) => Final::Purchase(p.clone()),
+                            Event::Refund(r) => Final::Refund(r.clone()),
+                            Event::Touch(_) => unreachable!("matched above"),
+                        };
+                        self.shoppers.get_mut(slot).cold_mut().add_seen(ts, hash, &self.retention);
+                        self.shoppers.requeue(slot, &self.retention);
+                        if late {
+                            // Behind the watermark: final on arrival.
+                            self.finalize(slot, fin, tag, true, out);
+                        } else {
+                            self.shoppers.get_mut(slot).cold_mut().pending += 1;
+                            let key = (ts, Str::from(event_id), Str::from(user_id));
+                            self.pending.insert(key, Pending { slot, fin, tag });
+                        }
+                        Outcome::Accepted { late }
                     }
-                    Outcome::Accepted { late }
                 }
             }
         };
@@ -364,252 +504,231 @@ impl Engine {
     }
 
     /// Moves the watermark to `w` (never backwards): purchases and refunds with `ts < w`
-    /// become final, in `(ts, event_id)` order, then state older than needed is dropped.
+    /// become final and commissions with `lock_ts <= w` lock, in time order (a lock
+    /// before the events at its time); then state older than needed is dropped.
     pub fn advance_watermark(&mut self, w: Millis, out: &mut impl Output) {
         if w <= self.watermark {
             return;
         }
         self.watermark = w;
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.key().0 >= w {
-                break;
-            }
-            let (fin, tag) = entry.remove();
-            self.finalize(fin, tag, out);
-        }
-        self.touches.expire_before(w.saturating_sub(self.touch_retention));
-        let id_bound = w.saturating_sub(self.cfg.allowed_lateness);
-        while let Some(Reverse((ts, _))) = self.seen_expiry.peek() {
-            if *ts >= id_bound {
-                break;
-            }
-            if let Some(Reverse((_, id))) = self.seen_expiry.pop() {
-                self.seen_ids.remove(&id);
-            }
-        }
-        // Purchases and refunds still to come have ts >= id_bound; orders older than the
-        // ledger's horizon before that can never be looked up again.
-        let horizon = self.cfg.refund_window.saturating_add(self.cfg.allowed_lateness);
-        self.ledger.expire_before(id_bound.saturating_sub(horizon));
+        self.drain(Some(w), w, out);
+        self.shoppers.expire(w, &self.retention);
     }
 
-    /// End of input: every pending event becomes final, in `(ts, event_id)` order.
+    /// End of input: every pending event becomes final, in order, and commissions lock
+    /// whose lock time the largest event time of the input has reached.
     pub fn finish(&mut self, out: &mut impl Output) {
-        while let Some((_, (fin, tag))) = self.pending.pop_first() {
-            self.finalize(fin, tag, out);
+        self.drain(None, self.max_ts, out);
+    }
+
+    /// Handles pending events with `ts < events_before` (all when `None`) and locks with
+    /// `lock_ts <= locks_until`, merged in time order.
+    fn drain(&mut self, events_before: Option<Millis>, locks_until: Millis, out: &mut impl Output) {
+        loop {
+            let event =
+                self.pending.first_key_value().map(|(k, _)| k.0).filter(|&t| events_before.is_none_or(|w| t < w));
+            let lock = self.locks.first_key_value().map(|(k, _)| k.0).filter(|&l| l <= locks_until);
+            match (event, lock) {
+                (None, None) => break,
+                (Some(t), Some(l)) if l <= t => self.fire_lock(out),
+                (None, Some(_)) => self.fire_lock(out),
+                (Some(_), _) => {
+                    let Some(((_, _, _), p)) = self.pending.pop_first() else { break };
+                    if let Some(c) = self.shoppers.get_mut(p.slot).cold.as_mut() {
+                        c.pending -= 1;
+                    }
+                    self.finalize(p.slot, p.fin, p.tag, false, out);
+                    self.shoppers.maybe_remove(p.slot);
+                }
+            }
         }
     }
 
-    /// Any stored event (touch, purchase or refund) has this event id hash.
-    fn is_seen(&self, hash: u128) -> bool {
-        self.seen_ids.contains(&hash) || self.touches.contains_id(hash)
+    fn fire_lock(&mut self, out: &mut impl Output) {
+        let Some(((lock_ts, purchase_ts, purchase_event_id, user_id), slot)) = self.locks.pop_first() else { return };
+        out.unit(
+            &UnitKey { time: lock_ts, class: 0, at: purchase_ts, event_id: &purchase_event_id, user_id: &user_id },
+            false,
+        );
+        let (shopper, creators) = self.shoppers.get_mut_with_creators(slot);
+        let Some(cold) = shopper.cold.as_mut() else { return };
+        let Some(order) =
+            cold.orders.iter_mut().find(|o| o.purchase_ts == purchase_ts && o.purchase_event_id == purchase_event_id)
+        else {
+            return;
+        };
+        let stats = &mut self.stats;
+        order.lock(&shopper.user_id, creators, |rec| {
+            count_record(stats, rec);
+            out.record(rec, 0);
+        });
     }
 
-    fn surface_index(&self, surface: Option<&str>) -> u16 {
-        surface.and_then(|s| self.cfg.surfaces.iter().position(|(name, _, _)| name == s)).map_or(0, |i| i as u16 + 1)
-    }
-
-    fn finalize(&mut self, fin: Final, tag: u64, out: &mut impl Output) {
+    fn finalize(&mut self, slot: u32, fin: Final, tag: u64, on_arrival: bool, out: &mut impl Output) {
+        let (ts, event_id) = match &fin {
+            Final::Purchase(p) => (p.ts, &p.event_id),
+            Final::Refund(r) => (r.ts, &r.event_id),
+        };
+        let user_id = self.shoppers.get(slot).user_id.clone();
+        out.unit(&UnitKey { time: ts, class: 1, at: ts, event_id, user_id: &user_id }, on_arrival);
         match fin {
-            Final::Purchase(p) => self.finalize_purchase(p, tag, out),
-            Final::Refund(r) => self.finalize_refund(r, tag, out),
+            Final::Purchase(p) => self.finalize_purchase(slot, &p, tag, out),
+            Final::Refund(r) => self.finalize_refund(slot, &r, tag, out),
         }
     }
 
-    fn finalize_purchase(&mut self, p: Purchase, tag: u64, out: &mut impl Output) {
-        if self.ledger.is_duplicate(&p.order_id, p.ts) {
+    /// The order this shopper's event at `ts` can still see under `order_id`.
+    fn known_order(&self, slot: u32, order_id: &str, ts: Millis) -> Option<usize> {
+        let horizon = self.cfg.refund_window.saturating_add(self.cfg.allowed_lateness);
+        let cold = self.shoppers.get(slot).cold.as_ref()?;
+        let hash = ledger::order_hash(order_id);
+        cold.orders
+            .iter()
+            .rposition(|o| o.order_hash == hash && o.order_id == order_id)
+            .filter(|&i| ts.saturating_sub(cold.orders[i].purchase_ts) <= horizon)
+    }
+
+    fn finalize_purchase(&mut self, slot: u32, p: &Purchase, tag: u64, out: &mut impl Output) {
+        if self.known_order(slot, &p.order_id, p.ts).is_some() {
             self.stats.of(EventType::Purchase).duplicate_order += 1;
             return;
         }
-        let mut lines = Vec::with_capacity(p.items.len());
+        let windows = EligibleWindows::new(&self.windows, self.max_window, self.max_click_window, p.ts);
+        let mut lines: Vec<Line> = Vec::with_capacity(p.items.len());
+        let mut paid_attributed = false;
         let mut any = false;
-        for (index, item) in p.items.iter().enumerate() {
-            let records = self.attribute_item(&p, index as u32, item);
-            if records.is_empty() {
-                self.stats.items_unattributed += 1;
-            } else {
-                self.stats.items_attributed += 1;
-                any = true;
+        {
+            let sh = &mut self.shoppers;
+            let shopper = sh.get(slot);
+            for item in &p.items {
+                let product = sh.products.get(&item.product_id).unwrap_or(STOREFRONT);
+                let gross = item.gross();
+                let mut credits = Vec::new();
+                let mut paid_item = false;
+                for (model, shadow) in self.cfg.models() {
+                    let found = credits_for(
+                        model,
+                        shopper.touches.as_slice(),
+                        &windows,
+                        product,
+                        self.cfg.allow_self_attribution,
+                        self.cfg.half_life,
+                        p.ts,
+                    );
+                    let weights: Vec<u64> = found.iter().map(|c| c.weight).collect();
+                    let Some(shares) = money::split_largest_remainder(gross, &weights) else { continue };
+                    let total_weight: u64 = weights.iter().sum();
+                    for (c, share) in found.iter().zip(shares) {
+                        let creator_id = sh.creators.name(c.creator);
+                        let (rate_bps, rule_id) =
+                            self.cfg.plan.rate_for(&item.product_id, creator_id, item.category.as_deref(), p.ts);
+                        credits.push(Credit {
+                            creator: c.creator,
+                            model,
+                            shadow,
+                            weight: c.weight,
+                            total_weight,
+                            touch_event_id: Str::from(sh.touch_id(&c.latest)),
+                            touch_type: c.latest.kind(),
+                            touch_ts: c.latest.ts,
+                            touch_count: c.count,
+                            share,
+                            rate_bps,
+                            rule_id: rule_id.into(),
+                            commission: money::commission_for(share, rate_bps),
+                            reversed_share: 0,
+                            reversed_commission: 0,
+                        });
+                        paid_item |= !shadow;
+                    }
+                }
+                if paid_item {
+                    self.stats.items_attributed += 1;
+                } else {
+                    self.stats.items_unattributed += 1;
+                }
+                paid_attributed |= paid_item;
+                any |= !credits.is_empty();
+                lines.push(Line {
+                    product_id: item.product_id.clone(),
+                    quantity: item.quantity,
+                    refunded: 0,
+                    gross,
+                    credits,
+                });
             }
-            let mut credits = Vec::with_capacity(records.len());
-            for rec in records {
-                self.count_record(&rec);
-                credits.push(Credit { original: rec.clone(), reversed_share: 0, reversed_commission: 0 });
-                out.record(rec, tag);
+            for line in &lines {
+                for c in &line.credits {
+                    sh.creators.retain(c.creator);
+                }
             }
-            lines.push(Line { product_id: item.product_id.clone(), quantity: item.quantity, refunded: 0, credits });
         }
-        if any {
+        if !any {
+            lines.clear();
+        }
+        let lock_ts = self.cfg.lock_period.filter(|_| any).map(|l| p.ts.saturating_add(l));
+        let order = Order {
+            order_id: p.order_id.clone(),
+            order_hash: ledger::order_hash(&p.order_id),
+            purchase_event_id: p.event_id.clone(),
+            purchase_ts: p.ts,
+            currency: p.currency,
+            paid_attributed,
+            lock_ts,
+            locked: false,
+            lines,
+        };
+        {
+            let sh = &self.shoppers;
+            let user_id = &sh.get(slot).user_id;
+            for (index, line) in order.lines.iter().enumerate() {
+                for c in &line.credits {
+                    let rec = order.commission_view(index, c, user_id, &sh.creators);
+                    count_record(&mut self.stats, &rec);
+                    out.record(&rec, tag);
+                }
+            }
+        }
+        if paid_attributed {
             self.stats.purchases_attributed += 1;
         } else {
             self.stats.purchases_unattributed += 1;
         }
         self.stats.of(EventType::Purchase).processed += 1;
-        self.ledger.insert(p.order_id, Order { purchase_ts: p.ts, lines: any.then_some(lines) });
-    }
-
-    /// The commission records for one item: empty when it is unattributed.
-    fn attribute_item(&self, p: &Purchase, index: u32, item: &Item) -> Vec<Record> {
-        let Some(user) = self.touches.touches_of(&p.user_id) else { return Vec::new() };
-        let credits = self.credits_for(user, item, p.ts);
-        if credits.is_empty() {
-            return Vec::new();
+        if let Some(lock_ts) = lock_ts {
+            let user_id = self.shoppers.get(slot).user_id.clone();
+            self.locks.insert((lock_ts, p.ts, p.event_id.clone(), user_id), slot);
         }
-        let weights: Vec<u64> = credits.iter().map(|c| c.weight).collect();
-        let gross = item.gross();
-        let Some(shares) = money::split_largest_remainder(gross, &weights) else { return Vec::new() };
-        let total_weight: u64 = weights.iter().sum();
-        credits
-            .iter()
-            .zip(shares)
-            .map(|(c, share)| {
-                let creator_id = self.touches.creators.name(c.creator).clone();
-                let (rate_bps, rule_id) =
-                    self.cfg.plan.rate_for(&item.product_id, &creator_id, item.category.as_deref(), p.ts);
-                Record {
-                    commission_id: format_compact!("{}:{}:{}", p.event_id, index, creator_id),
-                    kind: RecordKind::Commission,
-                    order_id: p.order_id.clone(),
-                    purchase_event_id: p.event_id.clone(),
-                    item_index: index,
-                    product_id: item.product_id.clone(),
-                    quantity: item.quantity,
-                    user_id: p.user_id.clone(),
-                    creator_id,
-                    model: self.cfg.model,
-                    weight: c.weight,
-                    total_weight,
-                    touch_event_id: Str::from(user.event_id(c.latest)),
-                    touch_type: c.latest.kind(),
-                    touch_ts: c.latest.ts,
-                    touch_count: c.count,
-                    purchase_ts: p.ts,
-                    gross_minor: gross,
-                    share_minor: share,
-                    rate_bps,
-                    rule_id: rule_id.into(),
-                    commission_minor: money::commission_for(share, rate_bps),
-                    currency: p.currency,
-                    original_commission_id: None,
-                    refund_event_id: None,
-                    lock_ts: None,
-                    revision: None,
-                    shadow: false,
-                }
-            })
-            .collect()
+        // A repeated order id past the horizon is a new order: the old one is forgotten.
+        let sh = &mut self.shoppers;
+        let cold = sh.get_mut(slot).cold_mut();
+        let hash = ledger::order_hash(&p.order_id);
+        if let Some(i) = cold.orders.iter().position(|o| o.order_hash == hash && o.order_id == p.order_id) {
+            let old = cold.orders.remove(i);
+            cold.reindex(&self.retention);
+            old.release(&mut sh.creators);
+            sh.orders -= 1;
+        }
+        sh.orders += 1;
+        sh.get_mut(slot).cold_mut().add_order(order, &self.retention);
+        sh.requeue(slot, &self.retention);
     }
 
-    /// Eligible touches → model → weights summed per creator, creators in order of their
-    /// first credited touch.
-    fn credits_for<'a>(&self, user: &'a UserTouches, item: &Item, t: Millis) -> Vec<CreatorCredit<'a>> {
-        let touches = user.touches();
-        // A product nobody touched can only match storefront touches.
-        let product = self.touches.products.get(&item.product_id).unwrap_or(STOREFRONT);
-        // The earliest eligible time per surface and kind (index 1: click), so the test
-        // per touch is one lookup and three compares.
-        let floors: Vec<[Millis; 2]> =
-            self.windows.iter().map(|w| [t.saturating_sub(w[1]), t.saturating_sub(w[0])]).collect();
-        let allow_self = self.cfg.allow_self_attribution;
-        let eligible = |touch: &StoredTouch| {
-            let is_click = touch.kind() == TouchKind::Click;
-            touch.ts >= floors[touch.surface as usize][usize::from(is_click)]
-                && (touch.product == STOREFRONT || touch.product == product)
-                && (allow_self || !touch.is_self())
+    fn finalize_refund(&mut self, slot: u32, r: &Refund, tag: u64, out: &mut impl Output) {
+        let outcome = match self.known_order(slot, &r.order_id, r.ts) {
+            None => RefundOutcome::UnknownOrder,
+            Some(i) => {
+                let refund_window = self.cfg.refund_window;
+                let (shopper, creators) = self.shoppers.get_mut_with_creators(slot);
+                let user_id = &shopper.user_id;
+                let order = &mut shopper.cold.as_mut().expect("known order").orders[i];
+                let stats = &mut self.stats;
+                order.refund(&r.event_id, r.ts, r.items.as_deref(), refund_window, user_id, creators, |rec| {
+                    count_record(stats, rec);
+                    out.record(rec, tag);
+                })
+            }
         };
-        let from = touches.partition_point(|x| x.ts < t.saturating_sub(self.max_window));
-        let to = touches.partition_point(|x| x.ts <= t);
-        let (a, b) = slices(touches, from, to);
-        match self.cfg.model {
-            Model::LastTouch => {
-                // Walk back from the purchase: the first eligible click is the answer; the
-                // first eligible view is, if no click turns up within any click window.
-                let click_floor = t.saturating_sub(self.max_click_window);
-                let mut last_view = None;
-                for touch in b.iter().rev().chain(a.iter().rev()) {
-                    if touch.ts < click_floor && last_view.is_some() {
-                        break;
-                    }
-                    if eligible(touch) {
-                        match touch.kind() {
-                            TouchKind::Click => return vec![CreatorCredit::single(touch)],
-                            TouchKind::View if last_view.is_none() => last_view = Some(touch),
-                            TouchKind::View => {}
-                        }
-                    }
-                }
-                return last_view.map(CreatorCredit::single).into_iter().collect();
-            }
-            Model::FirstTouch => {
-                // Walk forward: the first eligible click is the answer; the first eligible
-                // view is, if there is no eligible click at all.
-                let mut first_view = None;
-                for touch in a.iter().chain(b.iter()) {
-                    if eligible(touch) {
-                        match touch.kind() {
-                            TouchKind::Click => return vec![CreatorCredit::single(touch)],
-                            TouchKind::View if first_view.is_none() => first_view = Some(touch),
-                            TouchKind::View => {}
-                        }
-                    }
-                }
-                return first_view.map(CreatorCredit::single).into_iter().collect();
-            }
-            Model::Linear | Model::PositionBased | Model::TimeDecay => {}
-        }
-        let mut clicks: Vec<&StoredTouch> = Vec::new();
-        let mut views: Vec<&StoredTouch> = Vec::new();
-        for touch in a.iter().chain(b.iter()) {
-            if eligible(touch) {
-                match touch.kind() {
-                    TouchKind::Click => clicks.push(touch),
-                    TouchKind::View if clicks.is_empty() => views.push(touch),
-                    TouchKind::View => {}
-                }
-            }
-        }
-        // Clicks beat views.
-        let eligible = if clicks.is_empty() { views } else { clicks };
-        if eligible.is_empty() {
-            return Vec::new();
-        }
-        let ts: Vec<Millis> = eligible.iter().map(|x| x.ts).collect();
-        let mut credits: Vec<CreatorCredit<'a>> = Vec::new();
-        // Creator -> index in `credits`; a linear search is cheaper for a few touches, but
-        // a heavy shopper's window holds thousands of touches by hundreds of creators.
-        let mut index: HashMap<u32, usize, ahash::RandomState> = HashMap::default();
-        let few = eligible.len() <= 16;
-        for (i, weight) in attribution::credit(self.cfg.model, &ts, t, self.cfg.half_life) {
-            let touch = eligible[i];
-            let found = if few {
-                credits.iter().position(|c| c.creator == touch.creator)
-            } else {
-                index.get(&touch.creator).copied()
-            };
-            match found {
-                Some(at) => {
-                    let c = &mut credits[at];
-                    c.weight += weight;
-                    c.latest = touch;
-                    c.count += 1;
-                }
-                None => {
-                    if !few {
-                        index.insert(touch.creator, credits.len());
-                    }
-                    credits.push(CreatorCredit { creator: touch.creator, weight, latest: touch, count: 1 });
-                }
-            }
-        }
-        credits
-    }
-
-    fn finalize_refund(&mut self, r: Refund, tag: u64, out: &mut impl Output) {
-        let mut emitted = Vec::new();
-        let outcome =
-            self.ledger.refund(&r.order_id, &r.event_id, r.ts, r.items.as_deref(), self.cfg.refund_window, |rec| {
-                emitted.push(rec)
-            });
         match outcome {
             RefundOutcome::Applied { excess_units } => {
                 self.stats.refund_applied += 1;
@@ -618,37 +737,33 @@ impl Engine {
             RefundOutcome::UnknownOrder => self.stats.refund_unknown_order += 1,
             RefundOutcome::UnattributedOrder => self.stats.refund_unattributed_order += 1,
             RefundOutcome::Expired => self.stats.refund_expired += 1,
+            RefundOutcome::AfterLock => self.stats.refund_after_lock += 1,
         }
         self.stats.of(EventType::Refund).processed += 1;
-        for rec in emitted {
-            self.count_record(&rec);
-            out.record(rec, tag);
-        }
-    }
-
-    fn count_record(&mut self, rec: &Record) {
-        let totals = self.stats.money.entry(rec.currency).or_default();
-        match rec.kind {
-            RecordKind::Commission => {
-                self.stats.records_commission += 1;
-                totals.0 = totals.0.saturating_add(rec.commission_minor);
-            }
-            RecordKind::Reversal => {
-                self.stats.records_reversal += 1;
-                totals.1 = totals.1.saturating_add(rec.commission_minor);
-            }
-            RecordKind::Lock | RecordKind::Adjustment => {}
-        }
     }
 }
 
-/// The touches `from..to` of a deque as its two contiguous parts.
-fn slices(
-    touches: &std::collections::VecDeque<StoredTouch>,
-    from: usize,
-    to: usize,
-) -> (&[StoredTouch], &[StoredTouch]) {
-    let (a, b) = touches.as_slices();
-    let split = a.len();
-    (&a[from.min(split)..to.min(split)], &b[from.max(split) - split..to.max(split) - split])
+fn count_record(stats: &mut Stats, rec: &RecordView<'_>) {
+    if rec.shadow {
+        stats.records_shadow += 1;
+        return;
+    }
+    match rec.kind {
+        RecordKind::Commission => {
+            stats.records_commission += 1;
+            let totals = stats.money.entry(rec.currency).or_default();
+            totals.0 = totals.0.saturating_add(rec.commission_minor);
+        }
+        RecordKind::Reversal => {
+            stats.records_reversal += 1;
+            let totals = stats.money.entry(rec.currency).or_default();
+            totals.1 = totals.1.saturating_add(rec.commission_minor);
+        }
+        RecordKind::Lock => {
+            stats.records_lock += 1;
+            let total = stats.locked.entry(rec.currency).or_default();
+            *total = total.saturating_add(rec.commission_minor);
+        }
+        RecordKind::Adjustment => {}
+    }
 }

@@ -1,48 +1,58 @@
-//! Touch state: each shopper's touches, ordered by `(ts, event_id)`, expired by watermark.
+//! Per-shopper state: touches, the ids seen, the order ledger; expired by watermark.
 //!
-//! Creators and products are interned to `u32`, surfaces reduced to the index of their
-//! window override, and a touch's event id lives in its shopper's byte arena, so a stored
-//! touch is 24 bytes plus its id's bytes. The hot fields (time, creator, product, kind)
-//! sit together, so scanning a shopper's window touches nothing else.
+//! Every shopper has a slot in a slab, found through a hash table of slot numbers keyed
+//! by the shopper's id (4 bytes per shopper in the table). A slot holds the shopper's
+//! touches in `(ts, event_id)` order, as 24-byte records whose event ids live in one
+//! byte arena shared by the whole engine; creators and products are interned
+//! (reference-counted, see [`super::intern`]). What a shopper rarely has (purchase and
+//! refund ids, orders, an id index for the few shoppers with many touches) sits behind
+//! one pointer.
+//!
+//! Duplicate detection is per shopper (SPEC §5): an id is a duplicate when the same
+//! shopper already has a touch, purchase or refund with that id.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 
-use serde::{Deserialize, Serialize};
+use hashbrown::HashTable;
 
-use crate::model::{Millis, Str, Touch, TouchKind};
+use super::intern::{hash_bytes, Interner};
+use super::ledger::Order;
+use crate::model::{Millis, Str, TouchKind};
 
 /// `product` of a storefront touch (one without `product_id`).
 pub const STOREFRONT: u32 = u32::MAX;
 
-type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+const FLAG_CLICK: u8 = 1;
+const FLAG_SELF: u8 = 2;
 
-/// A 128-bit hash of an event id: the key of duplicate detection. Stable across runs
-/// (snapshots keep it) and wide enough that two different ids never meet in practice.
+/// Shoppers with more touches than this get an index of their touch ids.
+const INDEX_FROM: usize = 8;
+
+/// A 128-bit hash of a purchase or refund id: the key of their duplicate detection.
 pub fn id_hash(event_id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
 }
 
-const FLAG_CLICK: u8 = 1;
-const FLAG_SELF: u8 = 2;
-
-/// A touch as kept in state (24 bytes). Its event id is in the shopper's arena: read it
-/// with [`UserTouches::event_id`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A touch as kept in state (24 bytes). Its event id is in the engine's arena: read it
+/// with [`Shoppers::touch_id`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoredTouch {
     pub ts: Millis,
     /// Interned creator id.
     pub creator: u32,
     /// Interned product id, or [`STOREFRONT`].
     pub product: u32,
-    /// Offset of the event id in the shopper's arena.
+    /// Offset of the event id in the arena (low 32 of 40 bits).
     id_off: u32,
-    /// Index into the engine's window table (0: no override).
-    pub surface: u16,
     /// Length of the event id minus one (ids are 1 to 256 bytes).
     id_len_m1: u8,
     /// [`FLAG_CLICK`], [`FLAG_SELF`].
     flags: u8,
+    /// Index of the touch's surface in the engine's surface registry (0: none / other).
+    pub surface: u8,
+    /// High 8 of the 40 offset bits.
+    id_off_hi: u8,
 }
 
 impl StoredTouch {
@@ -62,256 +72,561 @@ impl StoredTouch {
         self.flags & FLAG_SELF != 0
     }
 
+    #[inline]
     fn id_range(&self) -> std::ops::Range<usize> {
-        let off = self.id_off as usize;
-        off..off + self.id_len_m1 as usize + 1
+        let off = (usize::from(self.id_off_hi) << 32) | self.id_off as usize;
+        off..off + usize::from(self.id_len_m1) + 1
     }
 }
 
-/// Strings to dense `u32` ids and back.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Interner {
-    ids: Map<Str, u32>,
-    names: Vec<Str>,
+/// One shopper's touches in `(ts, event_id)` order. Dropping the oldest (the cap,
+/// expiry) only moves a start index; the dead prefix is reclaimed once it is half the
+/// buffer, so a capped shopper's stream of touches costs O(1) each, not a shift.
+#[derive(Clone, Debug, Default)]
+pub struct Touches {
+    buf: Vec<StoredTouch>,
+    head: u32,
 }
 
-impl Interner {
-    /// The id of `s`, adding it when new.
-    pub fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.ids.get(s) {
-            return id;
-        }
-        let id = self.names.len() as u32;
-        self.names.push(s.into());
-        self.ids.insert(s.into(), id);
-        id
+impl Touches {
+    /// The live touches.
+    #[inline]
+    pub fn as_slice(&self) -> &[StoredTouch] {
+        &self.buf[self.head as usize..]
     }
 
-    /// The id of `s`, if known.
-    pub fn get(&self, s: &str) -> Option<u32> {
-        self.ids.get(s).copied()
+    #[inline]
+    fn as_mut_slice(&mut self) -> &mut [StoredTouch] {
+        &mut self.buf[self.head as usize..]
     }
 
-    /// The string of an id handed out by [`Interner::intern`].
-    pub fn name(&self, id: u32) -> &Str {
-        &self.names[id as usize]
-    }
-
-    /// How many strings are interned.
+    /// How many.
+    #[inline]
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.buf.len() - self.head as usize
     }
 
-    /// No string interned yet.
+    /// None.
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.len() == 0
+    }
+
+    fn insert(&mut self, pos: usize, t: StoredTouch) {
+        if self.buf.len() == self.buf.capacity() {
+            if self.head > 0 {
+                self.reclaim();
+            }
+            // 2, 3, 5, 8, 13, ...: little slack for the many shoppers with a few touches.
+            let len = self.buf.len();
+            self.buf.reserve_exact(if len == 0 { 2 } else { (len * 2 / 3).max(1) });
+        }
+        self.buf.insert(self.head as usize + pos, t);
+    }
+
+    /// Drops the `n` oldest touches (callers read them first).
+    fn advance(&mut self, n: usize) {
+        self.head += n as u32;
+        if self.head as usize == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        } else {
+            self.maybe_reclaim();
+        }
+    }
+
+    fn reclaim(&mut self) {
+        self.buf.drain(..self.head as usize);
+        self.head = 0;
+    }
+
+    /// Reclaims the dead prefix when it is at least half the buffer.
+    fn maybe_reclaim(&mut self) {
+        if self.head as usize >= 8 && self.head as usize * 2 >= self.buf.len() {
+            self.reclaim();
+        }
     }
 }
 
-/// One shopper's touches in `(ts, event_id)` order, and the bytes of their event ids.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct UserTouches {
-    touches: VecDeque<StoredTouch>,
-    /// Event id bytes; dropped touches leave `garbage` bytes behind until compaction.
-    arena: Vec<u8>,
-    garbage: u32,
-    /// The `ts` this user is queued under in the expiry heap (`Millis::MAX`: not queued).
+/// What a shopper rarely has.
+#[derive(Clone, Debug, Default)]
+pub struct Cold {
+    /// Purchase and refund ids seen, with their event time, until too late to repeat.
+    pub seen: Vec<(Millis, u128)>,
+    /// The order ledger (SPEC §4): final purchases, oldest first.
+    pub orders: Vec<Order>,
+    /// Purchases and refunds of this shopper waiting for the watermark.
+    pub pending: u32,
+    /// Touch id hash → count, for shoppers with many touches.
+    id_index: Option<HashMap<u64, u32, ahash::RandomState>>,
+    /// The hashes of `seen`, for shoppers with many purchases and refunds.
+    seen_index: Option<std::collections::HashSet<u128, ahash::RandomState>>,
+    /// The earliest watermark at which a seen id or an order expires.
+    expires: Millis,
+}
+
+/// Shoppers with more purchase and refund ids than this get a hash set of them.
+const SEEN_INDEX_FROM: usize = 16;
+
+impl Cold {
+    fn is_empty(&self) -> bool {
+        self.seen.is_empty() && self.orders.is_empty() && self.pending == 0
+    }
+
+    /// Remembers a purchase or refund id.
+    pub fn add_seen(&mut self, ts: Millis, hash: u128, r: &Retention) {
+        self.seen.push((ts, hash));
+        self.expires = self.expires.min(ts.saturating_add(r.ids));
+        match &mut self.seen_index {
+            Some(index) => {
+                index.insert(hash);
+            }
+            None if self.seen.len() > SEEN_INDEX_FROM => {
+                self.seen_index = Some(self.seen.iter().map(|x| x.1).collect());
+            }
+            None => {}
+        }
+    }
+
+    /// Adds a final purchase to the ledger.
+    pub fn add_order(&mut self, order: Order, r: &Retention) {
+        self.expires = self.expires.min(order.purchase_ts.saturating_add(r.orders));
+        self.orders.push(order);
+    }
+
+    /// Whether a purchase or refund with this id hash was seen.
+    fn has_seen(&self, hash: u128) -> bool {
+        match &self.seen_index {
+            Some(index) => index.contains(&hash),
+            None => self.seen.iter().any(|&(_, h)| h == hash),
+        }
+    }
+
+    /// Recomputes what [`Cold::add_seen`] and [`Cold::add_order`] keep up to date.
+    pub fn reindex(&mut self, r: &Retention) {
+        let seen = self.seen.iter().map(|x| x.0.saturating_add(r.ids));
+        let orders = self.orders.iter().map(|o| o.purchase_ts.saturating_add(r.orders));
+        self.expires = seen.chain(orders).min().unwrap_or(Millis::MAX);
+        self.seen_index = (self.seen.len() > SEEN_INDEX_FROM).then(|| self.seen.iter().map(|x| x.1).collect());
+    }
+}
+
+/// One shopper.
+#[derive(Clone, Debug, Default)]
+pub struct Shopper {
+    /// Empty for a free slot.
+    pub user_id: Str,
+    /// In `(ts, event_id)` order.
+    pub touches: Touches,
+    pub cold: Option<Box<Cold>>,
+    /// The watermark at which this shopper is queued for expiry (`Millis::MAX`: not
+    /// queued).
     queued_at: Millis,
 }
 
-impl UserTouches {
-    /// The touches, in `(ts, event_id)` order.
-    #[inline]
-    pub fn touches(&self) -> &VecDeque<StoredTouch> {
-        &self.touches
-    }
-
-    /// The event id of one of this shopper's touches.
-    pub fn event_id(&self, touch: &StoredTouch) -> &str {
-        // Ids are copied in from `&str` and sliced at their own boundaries.
-        std::str::from_utf8(self.id_bytes(touch)).expect("event ids in the arena are UTF-8")
-    }
-
-    #[inline]
-    fn id_bytes(&self, touch: &StoredTouch) -> &[u8] {
-        &self.arena[touch.id_range()]
-    }
-
-    #[inline]
-    fn key<'a>(&'a self, touch: &StoredTouch) -> (Millis, &'a [u8]) {
-        (touch.ts, self.id_bytes(touch))
-    }
-
-    /// Forgets the id bytes of a dropped touch (compacting when half the arena is waste).
-    fn drop_id(&mut self, touch: &StoredTouch) {
-        self.garbage += touch.id_len_m1 as u32 + 1;
-    }
-
-    /// Rewrites the arena without garbage once it is at least half garbage.
-    fn maybe_compact(&mut self) {
-        let garbage = self.garbage as usize;
-        if garbage >= 64 && garbage * 2 >= self.arena.len() {
-            self.compact();
-        }
-    }
-
-    fn compact(&mut self) {
-        let garbage = self.garbage as usize;
-        let mut arena = Vec::with_capacity(self.arena.len() - garbage);
-        for t in self.touches.iter_mut() {
-            let range = t.id_range();
-            t.id_off = arena.len() as u32;
-            arena.extend_from_slice(&self.arena[range]);
-        }
-        self.arena = arena;
-        self.garbage = 0;
+impl Shopper {
+    /// The cold part, created when missing.
+    pub fn cold_mut(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(|| Box::new(Cold { expires: Millis::MAX, ..Cold::default() }))
     }
 }
 
-/// Grows `v` by about half when it is full: less slack than doubling for the many
-/// shoppers with a handful of touches, still amortised O(1).
-fn reserve_one<T>(v: &mut VecDeque<T>) {
-    if v.len() == v.capacity() {
-        v.reserve_exact((v.len() / 2).max(2));
-    }
+/// How long each kind of state is kept, in event time behind the watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Touches: while `ts >= W - touches`.
+    pub touches: Millis,
+    /// Purchase and refund ids: while `ts >= W - ids`.
+    pub ids: Millis,
+    /// Orders: while `purchase_ts >= W - orders`.
+    pub orders: Millis,
 }
 
-/// What [`TouchStore::insert`] did.
+/// What [`Shoppers::insert_touch`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inserted {
     /// Stored; `evicted` touches of this shopper were dropped to respect the cap.
     Stored { evicted: usize },
-    /// A touch with this event id is already stored.
+    /// This shopper already has a touch, purchase or refund with this event id.
     Duplicate,
 }
 
-/// All shoppers' touches.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct TouchStore {
-    users: Map<Str, UserTouches>,
-    /// Min-heap of (oldest touch ts, user); entries whose ts no longer matches the user's
-    /// `queued_at` are stale and skipped.
-    expiry: BinaryHeap<Reverse<(Millis, Str)>>,
-    pub creators: Interner,
-    pub products: Interner,
-    /// Hashes of the stored touches' event ids.
-    ids: HashSet<u128, ahash::RandomState>,
-    live: usize,
+/// A touch to store.
+pub struct NewTouch<'a> {
+    pub kind: TouchKind,
+    pub event_id: &'a str,
+    pub ts: Millis,
+    pub creator_id: &'a str,
+    pub product_id: Option<&'a str>,
+    pub surface: u8,
 }
 
-impl TouchStore {
-    /// Stores a touch in its shopper's list, keeping at most `cap` touches per shopper
-    /// (the oldest go first). `hash` is [`id_hash`] of its event id.
-    pub fn insert(&mut self, touch: Touch, hash: u128, surface: u16, cap: usize) -> Inserted {
-        debug_assert_eq!(hash, id_hash(&touch.event_id));
-        if !self.ids.insert(hash) {
+/// Every shopper of one engine.
+#[derive(Clone, Debug, Default)]
+pub struct Shoppers {
+    index: HashTable<u32>,
+    slab: Vec<Shopper>,
+    free: Vec<u32>,
+    /// Min-heap of (watermark at which something of the shopper expires, slot); an
+    /// entry whose time differs from the shopper's `queued_at` is stale.
+    expiry: BinaryHeap<Reverse<(Millis, u32)>>,
+    /// Event ids of stored touches; dropped touches leave `garbage` bytes.
+    arena: Vec<u8>,
+    garbage: usize,
+    pub creators: Interner,
+    pub products: Interner,
+    live: usize,
+    count: usize,
+    /// Orders in all ledgers (kept by the engine and by expiry).
+    pub(crate) orders: usize,
+    /// Slots changed since [`Shoppers::take_dirty`] last ran, and whether each slot
+    /// is in that list (bit per slot).
+    dirty: Vec<u32>,
+    dirty_bits: Vec<u64>,
+    /// Ids of shoppers removed since the last [`Shoppers::take_dirty`].
+    removed: Vec<Str>,
+    /// Whether dirty tracking is on (the worker's checkpoints); replay leaves it off.
+    track: bool,
+}
+
+impl Shoppers {
+    /// Turns tracking of changed shoppers on (for incremental checkpoints).
+    pub fn track_changes(&mut self, on: bool) {
+        self.track = on;
+    }
+
+    #[inline]
+    fn hash_user(user_id: &str) -> u64 {
+        hash_bytes(user_id.as_bytes())
+    }
+
+    /// The slot of a shopper, if known.
+    #[inline]
+    pub fn find(&self, user_id: &str) -> Option<u32> {
+        let slab = &self.slab;
+        self.index.find(Self::hash_user(user_id), |&s| slab[s as usize].user_id == user_id).copied()
+    }
+
+    /// The slot of a shopper, created when new.
+    pub fn find_or_insert(&mut self, user_id: &str) -> u32 {
+        let hash = Self::hash_user(user_id);
+        let slab = &self.slab;
+        if let Some(&s) = self.index.find(hash, |&s| slab[s as usize].user_id == user_id) {
+            return s;
+        }
+        let shopper =
+            Shopper { user_id: user_id.into(), touches: Touches::default(), cold: None, queued_at: Millis::MAX };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = shopper;
+                s
+            }
+            None => {
+                self.slab.push(shopper);
+                (self.slab.len() - 1) as u32
+            }
+        };
+        let slab = &self.slab;
+        self.index.insert_unique(hash, slot, |&s| Self::hash_user(&slab[s as usize].user_id));
+        self.count += 1;
+        slot
+    }
+
+    /// A shopper by slot.
+    #[inline]
+    pub fn get(&self, slot: u32) -> &Shopper {
+        &self.slab[slot as usize]
+    }
+
+    /// A shopper by slot, marked changed.
+    #[inline]
+    pub fn get_mut(&mut self, slot: u32) -> &mut Shopper {
+        self.mark(slot);
+        &mut self.slab[slot as usize]
+    }
+
+    /// A shopper by slot, marked changed, beside the creator names.
+    #[inline]
+    pub fn get_mut_with_creators(&mut self, slot: u32) -> (&mut Shopper, &Interner) {
+        self.mark(slot);
+        (&mut self.slab[slot as usize], &self.creators)
+    }
+
+    #[inline]
+    fn mark(&mut self, slot: u32) {
+        if self.track {
+            let (word, bit) = (slot as usize / 64, slot % 64);
+            if self.dirty_bits.len() <= word {
+                self.dirty_bits.resize(word + 1, 0);
+            }
+            if self.dirty_bits[word] & (1 << bit) == 0 {
+                self.dirty_bits[word] |= 1 << bit;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// The event id of a stored touch.
+    #[inline]
+    pub fn touch_id(&self, t: &StoredTouch) -> &str {
+        // Ids are copied in from `&str` and sliced at their own boundaries.
+        std::str::from_utf8(&self.arena[t.id_range()]).expect("event ids in the arena are UTF-8")
+    }
+
+    #[inline]
+    fn id_bytes(&self, t: &StoredTouch) -> &[u8] {
+        &self.arena[t.id_range()]
+    }
+
+    /// Whether shopper `slot` has a touch with this event id.
+    pub fn has_touch_id(&self, slot: u32, id: &str) -> bool {
+        let s = &self.slab[slot as usize];
+        if let Some(index) = s.cold.as_ref().and_then(|c| c.id_index.as_ref()) {
+            if !index.contains_key(&hash_bytes(id.as_bytes())) {
+                return false;
+            }
+        }
+        let id = id.as_bytes();
+        s.touches.as_slice().iter().any(|t| usize::from(t.id_len_m1) + 1 == id.len() && self.id_bytes(t) == id)
+    }
+
+    /// Whether shopper `slot` has seen a purchase or refund with this id hash.
+    pub fn has_seen(&self, slot: u32, hash: u128) -> bool {
+        self.slab[slot as usize].cold.as_ref().is_some_and(|c| c.has_seen(hash))
+    }
+
+    /// Stores a touch of shopper `slot`, keeping at most `cap` touches per shopper (the
+    /// oldest go first). The caller checked for duplicates among purchase and refund ids.
+    pub fn insert_touch(&mut self, slot: u32, t: &NewTouch<'_>, cap: usize, retention: &Retention) -> Inserted {
+        if self.has_touch_id(slot, t.event_id) {
             return Inserted::Duplicate;
         }
-        let creator = self.creators.intern(&touch.creator_id);
-        let product = touch.product_id.as_deref().map_or(STOREFRONT, |p| self.products.intern(p));
-        let is_self = touch.creator_id == touch.user_id;
-        let user = match self.users.get_mut(touch.user_id.as_str()) {
-            Some(user) => user,
-            None => self.users.entry(touch.user_id.clone()).or_insert(UserTouches {
-                touches: VecDeque::new(),
-                arena: Vec::new(),
-                garbage: 0,
-                queued_at: Millis::MAX,
-            }),
-        };
-        let id = touch.event_id.as_bytes();
-        let key = (touch.ts, id);
-        // Touches mostly arrive in time order: check the end before searching.
-        let pos = match user.touches.back() {
-            Some(last) if user.key(last) < key => user.touches.len(),
-            None => 0,
-            // Event ids are unique (checked above), so the key is never found.
-            _ => user.touches.partition_point(|t| user.key(t) < key),
-        };
-        if user.arena.len() + id.len() > u32::MAX as usize {
-            user.compact(); // 4 GiB of one shopper's ids: only garbage can make room
-        }
-        if user.arena.capacity() - user.arena.len() < id.len() {
-            user.arena.reserve_exact((user.arena.len() / 2).max(id.len()).max(16));
-        }
+        let creator = self.creators.acquire(t.creator_id);
+        let product = t.product_id.map_or(STOREFRONT, |p| self.products.acquire(p));
+        let id = t.event_id.as_bytes();
+        debug_assert!(!id.is_empty() && id.len() <= 256, "the decoder bounds ids to 1..=256 bytes");
+        let off = self.arena.len();
+        self.arena.extend_from_slice(id);
+        self.mark(slot);
+        let shopper = &mut self.slab[slot as usize];
+        let is_self = t.creator_id == shopper.user_id.as_str();
         let stored = StoredTouch {
-            ts: touch.ts,
+            ts: t.ts,
             creator,
             product,
-            id_off: u32::try_from(user.arena.len()).expect("a shopper's live event ids fit in 4 GiB"),
-            surface,
+            id_off: off as u32,
             id_len_m1: (id.len() - 1) as u8,
-            flags: if touch.kind == TouchKind::Click { FLAG_CLICK } else { 0 } | if is_self { FLAG_SELF } else { 0 },
+            flags: if t.kind == TouchKind::Click { FLAG_CLICK } else { 0 } | if is_self { FLAG_SELF } else { 0 },
+            surface: t.surface,
+            id_off_hi: (off >> 32) as u8,
         };
-        debug_assert!(!id.is_empty() && id.len() <= 256, "the decoder bounds ids to 1..=256 bytes");
-        user.arena.extend_from_slice(id);
-        reserve_one(&mut user.touches);
-        user.touches.insert(pos, stored);
+        let arena = &self.arena;
+        let key = |x: &StoredTouch| (x.ts, &arena[x.id_range()]);
+        // Touches mostly arrive in time order: check the end before searching.
+        let live = shopper.touches.as_slice();
+        let pos = match live.last() {
+            Some(last) if key(last) < (t.ts, id) => live.len(),
+            None => 0,
+            // Ids are unique per shopper (checked above): the key is never found.
+            _ => live.partition_point(|x| key(x) < (t.ts, id)),
+        };
+        shopper.touches.insert(pos, stored);
         self.live += 1;
-        let mut evicted = 0;
-        while user.touches.len() > cap {
-            if let Some(old) = user.touches.pop_front() {
-                self.ids.remove(&xxhash_rust::xxh3::xxh3_128(user.id_bytes(&old)));
-                user.drop_id(&old);
+        if let Some(index) = shopper.cold.as_mut().and_then(|c| c.id_index.as_mut()) {
+            *index.entry(hash_bytes(id)).or_insert(0) += 1;
+        } else if shopper.touches.len() > INDEX_FROM {
+            let mut index: HashMap<u64, u32, ahash::RandomState> = HashMap::default();
+            for x in shopper.touches.as_slice() {
+                *index.entry(hash_bytes(&self.arena[x.id_range()])).or_insert(0) += 1;
             }
-            evicted += 1;
+            shopper.cold_mut().id_index = Some(index);
         }
+        let len = self.slab[slot as usize].touches.len();
+        let evicted = len.saturating_sub(cap);
         if evicted > 0 {
-            user.maybe_compact();
+            self.drop_oldest(slot, evicted);
         }
-        self.live -= evicted;
-        if let Some(oldest) = user.touches.front() {
-            if oldest.ts < user.queued_at {
-                user.queued_at = oldest.ts;
-                self.expiry.push(Reverse((oldest.ts, touch.user_id)));
-            }
-        }
+        self.requeue(slot, retention);
         Inserted::Stored { evicted }
     }
 
-    /// A stored touch has this event id hash.
-    pub fn contains_id(&self, hash: u128) -> bool {
-        self.ids.contains(&hash)
-    }
-
-    /// The shopper's touches.
-    pub fn touches_of(&self, user_id: &str) -> Option<&UserTouches> {
-        self.users.get(user_id)
-    }
-
-    /// Drops every touch with `ts < bound`; returns how many.
-    pub fn expire_before(&mut self, bound: Millis) -> usize {
-        let mut dropped = 0;
-        while let Some(Reverse((ts, _))) = self.expiry.peek() {
-            if *ts >= bound {
-                break;
-            }
-            let Some(Reverse((ts, user_id))) = self.expiry.pop() else { break };
-            let Some(user) = self.users.get_mut(&user_id) else { continue };
-            if user.queued_at != ts {
-                continue; // stale entry; the user is queued under another time
-            }
-            let keep_from = user.touches.partition_point(|t| t.ts < bound);
-            for i in 0..keep_from {
-                let old = user.touches[i];
-                self.ids.remove(&xxhash_rust::xxh3::xxh3_128(user.id_bytes(&old)));
-                user.drop_id(&old);
-            }
-            user.touches.drain(..keep_from);
-            dropped += keep_from;
-            match user.touches.front() {
-                None => {
-                    self.users.remove(&user_id);
-                }
-                Some(oldest) => {
-                    user.queued_at = oldest.ts;
-                    self.expiry.push(Reverse((oldest.ts, user_id)));
-                    user.maybe_compact();
+    /// Drops the `n` oldest touches of shopper `slot`, releasing what they hold.
+    fn drop_oldest(&mut self, slot: u32, n: usize) {
+        let shopper = &mut self.slab[slot as usize];
+        let mut dropped = [StoredTouch::default(); 1];
+        let many: Vec<StoredTouch>;
+        let dropped: &[StoredTouch] = if n == 1 {
+            dropped[0] = shopper.touches.as_slice()[0];
+            &dropped
+        } else {
+            many = shopper.touches.as_slice()[..n].to_vec();
+            &many
+        };
+        shopper.touches.advance(n);
+        if let Some(index) = shopper.cold.as_mut().and_then(|c| c.id_index.as_mut()) {
+            for t in dropped {
+                let h = hash_bytes(&self.arena[t.id_range()]);
+                if let Some(c) = index.get_mut(&h) {
+                    *c -= 1;
+                    if *c == 0 {
+                        index.remove(&h);
+                    }
                 }
             }
         }
-        self.live -= dropped;
-        dropped
+        for t in dropped {
+            self.release_touch(t);
+        }
+    }
+
+    fn release_touch(&mut self, t: &StoredTouch) {
+        self.creators.release(t.creator);
+        if t.product != STOREFRONT {
+            self.products.release(t.product);
+        }
+        self.garbage += usize::from(t.id_len_m1) + 1;
+        self.live -= 1;
+    }
+
+    /// Queues shopper `slot` for expiry at the earliest watermark at which something of
+    /// it expires, unless it is queued earlier already.
+    pub fn requeue(&mut self, slot: u32, r: &Retention) {
+        let s = &mut self.slab[slot as usize];
+        let mut at = Millis::MAX;
+        if let Some(t) = s.touches.as_slice().first() {
+            at = at.min(t.ts.saturating_add(r.touches));
+        }
+        if let Some(c) = &s.cold {
+            at = at.min(c.expires);
+        }
+        if at < s.queued_at {
+            s.queued_at = at;
+            self.expiry.push(Reverse((at, slot)));
+        }
+    }
+
+    /// Expires everything behind watermark `w`: touches with `ts < w - touches`, ids with
+    /// `ts < w - ids`, orders bought before `w - orders`; empty shoppers are removed.
+    pub fn expire(&mut self, w: Millis, r: &Retention) {
+        while let Some(&Reverse((at, slot))) = self.expiry.peek() {
+            // Something expires once the watermark is past `at`.
+            if at >= w {
+                break;
+            }
+            self.expiry.pop();
+            let s = &mut self.slab[slot as usize];
+            if s.queued_at != at || s.user_id.is_empty() {
+                continue; // stale: the shopper is queued under another time, or gone
+            }
+            s.queued_at = Millis::MAX;
+            let bound = w.saturating_sub(r.touches);
+            let n = s.touches.as_slice().partition_point(|t| t.ts < bound);
+            let mut changed = n > 0;
+            if n > 0 {
+                self.drop_oldest(slot, n);
+            }
+            let s = &mut self.slab[slot as usize];
+            let mut expired = Vec::new();
+            if let Some(c) = s.cold.as_mut() {
+                let (ids, orders) = (w.saturating_sub(r.ids), w.saturating_sub(r.orders));
+                let (before_seen, before_orders) = (c.seen.len(), c.orders.len());
+                c.seen.retain(|&(ts, _)| ts >= ids);
+                c.orders.retain_mut(|o| {
+                    let keep = o.purchase_ts >= orders;
+                    if !keep {
+                        expired.push(std::mem::take(o));
+                    }
+                    keep
+                });
+                let dropped = c.seen.len() != before_seen || c.orders.len() != before_orders;
+                if dropped {
+                    c.reindex(r);
+                }
+                changed |= dropped;
+                if s.touches.is_empty() {
+                    c.id_index = None;
+                }
+                if c.is_empty() && c.id_index.is_none() {
+                    s.cold = None;
+                }
+            }
+            self.orders -= expired.len();
+            for o in &expired {
+                o.release(&mut self.creators);
+            }
+            if changed {
+                self.mark(slot);
+            }
+            self.maybe_remove(slot);
+            if !self.slab[slot as usize].user_id.is_empty() {
+                self.requeue(slot, r);
+            }
+        }
+        if self.garbage > (1 << 20) && self.garbage * 2 > self.arena.len() {
+            self.compact();
+        }
+    }
+
+    /// Removes shopper `slot` when it holds nothing any more.
+    pub fn maybe_remove(&mut self, slot: u32) {
+        let s = &self.slab[slot as usize];
+        if s.user_id.is_empty() || !s.touches.is_empty() || s.cold.as_ref().is_some_and(|c| !c.is_empty()) {
+            return;
+        }
+        let hash = Self::hash_user(&s.user_id);
+        if let Ok(e) = self.index.find_entry(hash, |&x| x == slot) {
+            e.remove();
+        }
+        let s = std::mem::take(&mut self.slab[slot as usize]);
+        if self.track {
+            self.removed.push(s.user_id);
+        }
+        self.slab[slot as usize].queued_at = Millis::MAX;
+        self.free.push(slot);
+        self.count -= 1;
+    }
+
+    /// Rewrites the arena without the ids of dropped touches.
+    fn compact(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        for s in &mut self.slab {
+            for t in s.touches.as_mut_slice() {
+                let range = t.id_range();
+                let off = arena.len();
+                arena.extend_from_slice(&self.arena[range]);
+                t.id_off = off as u32;
+                t.id_off_hi = (off >> 32) as u8;
+            }
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+
+    /// Rebuilds the expiry queue (after the retention changed with the config).
+    pub fn requeue_all(&mut self, r: &Retention) {
+        self.expiry.clear();
+        for slot in 0..self.slab.len() as u32 {
+            if let Some(c) = self.slab[slot as usize].cold.as_mut() {
+                c.reindex(r);
+            }
+            if !self.slab[slot as usize].user_id.is_empty() {
+                self.slab[slot as usize].queued_at = Millis::MAX;
+                self.requeue(slot, r);
+            }
+        }
+    }
+
+    /// Shoppers changed and removed since the last call (for incremental checkpoints).
+    pub fn take_dirty(&mut self) -> (Vec<u32>, Vec<Str>) {
+        for &slot in &self.dirty {
+            self.dirty_bits[slot as usize / 64] &= !(1 << (slot % 64));
+        }
+        (std::mem::take(&mut self.dirty), std::mem::take(&mut self.removed))
+    }
+
+    /// Every live slot.
+    pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.slab.len() as u32).filter(|&s| !self.slab[s as usize].user_id.is_empty())
     }
 
     /// Touches currently stored.
@@ -319,9 +634,19 @@ impl TouchStore {
         self.live
     }
 
-    /// Shoppers with at least one stored touch.
-    pub fn shoppers(&self) -> usize {
-        self.users.len()
+    /// Shoppers in state.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// No shopper in state.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Shoppers with at least one touch.
+    pub fn with_touches(&self) -> usize {
+        self.slab.iter().filter(|s| !s.touches.is_empty()).count()
     }
 }
 
@@ -329,42 +654,41 @@ impl TouchStore {
 mod tests {
     use super::*;
 
-    fn click(id: &str, ts: Millis, user: &str) -> Touch {
-        Touch {
-            kind: TouchKind::Click,
-            event_id: id.into(),
-            ts,
-            user_id: user.into(),
-            creator_id: "c".into(),
-            product_id: None,
-            surface: None,
-        }
+    const R: Retention = Retention { touches: 100, ids: 10, orders: 1000 };
+
+    fn click<'a>(id: &'a str, ts: Millis) -> NewTouch<'a> {
+        NewTouch { kind: TouchKind::Click, event_id: id, ts, creator_id: "c", product_id: None, surface: 0 }
     }
 
-    fn ids(s: &TouchStore, user: &str) -> Vec<String> {
-        s.touches_of(user).map(|u| u.touches().iter().map(|t| u.event_id(t).to_string()).collect()).unwrap_or_default()
+    fn ids(s: &Shoppers, user: &str) -> Vec<String> {
+        s.find(user)
+            .map(|u| s.get(u).touches.as_slice().iter().map(|t| s.touch_id(t).to_string()).collect())
+            .unwrap_or_default()
     }
 
     #[test]
-    fn keeps_touch_order_and_detects_duplicates() {
-        let mut s = TouchStore::default();
-        assert_eq!(s.insert(click("b", 20, "u"), id_hash("b"), 0, 10), Inserted::Stored { evicted: 0 });
-        assert_eq!(s.insert(click("a", 10, "u"), id_hash("a"), 0, 10), Inserted::Stored { evicted: 0 });
-        assert_eq!(s.insert(click("a2", 20, "u"), id_hash("a2"), 0, 10), Inserted::Stored { evicted: 0 });
-        assert_eq!(s.insert(click("a", 10, "u"), id_hash("a"), 0, 10), Inserted::Duplicate);
-        // The same id at another time or for another shopper is still a duplicate.
-        assert_eq!(s.insert(click("a", 99, "u"), id_hash("a"), 0, 10), Inserted::Duplicate);
-        assert_eq!(s.insert(click("b", 20, "u2"), id_hash("b"), 0, 10), Inserted::Duplicate);
+    fn keeps_touch_order_and_detects_duplicates_per_shopper() {
+        let mut s = Shoppers::default();
+        let u = s.find_or_insert("u");
+        assert_eq!(s.insert_touch(u, &click("b", 20), 10, &R), Inserted::Stored { evicted: 0 });
+        assert_eq!(s.insert_touch(u, &click("a", 10), 10, &R), Inserted::Stored { evicted: 0 });
+        assert_eq!(s.insert_touch(u, &click("a2", 20), 10, &R), Inserted::Stored { evicted: 0 });
+        assert_eq!(s.insert_touch(u, &click("a", 10), 10, &R), Inserted::Duplicate);
+        // The same id at another time is still a duplicate for the same shopper...
+        assert_eq!(s.insert_touch(u, &click("a", 99), 10, &R), Inserted::Duplicate);
+        // ...but another shopper's id space is its own.
+        let u2 = s.find_or_insert("u2");
+        assert_eq!(s.insert_touch(u2, &click("b", 20), 10, &R), Inserted::Stored { evicted: 0 });
         assert_eq!(ids(&s, "u"), ["a", "a2", "b"]);
-        assert_eq!(s.live(), 3);
+        assert_eq!(s.live(), 4);
     }
 
     #[test]
     fn cap_drops_the_oldest() {
-        let mut s = TouchStore::default();
+        let mut s = Shoppers::default();
+        let u = s.find_or_insert("u");
         for (i, ts) in [5, 1, 3, 4].into_iter().enumerate() {
-            let id = format!("k{i}");
-            s.insert(click(&id, ts, "u"), id_hash(&id), 0, 3);
+            s.insert_touch(u, &click(&format!("k{i}"), ts), 3, &R);
         }
         assert_eq!(ids(&s, "u"), ["k2", "k3", "k0"]);
         assert_eq!(s.live(), 3);
@@ -372,19 +696,48 @@ mod tests {
 
     #[test]
     fn expiry_drops_old_touches_and_empty_shoppers() {
-        let mut s = TouchStore::default();
-        s.insert(click("a", 10, "u1"), id_hash("a"), 0, 10);
-        s.insert(click("b", 30, "u1"), id_hash("b"), 0, 10);
-        s.insert(click("c", 20, "u2"), id_hash("c"), 0, 10);
-        s.insert(click("d", 5, "u1"), id_hash("d"), 0, 10); // older than the queued entry
-        assert_eq!(s.expire_before(11), 2);
+        let mut s = Shoppers::default();
+        let (u1, u2) = (s.find_or_insert("u1"), s.find_or_insert("u2"));
+        s.insert_touch(u1, &click("a", 10), 10, &R);
+        s.insert_touch(u1, &click("b", 30), 10, &R);
+        s.insert_touch(u2, &click("c", 20), 10, &R);
+        s.insert_touch(u1, &click("d", 5), 10, &R);
+        s.expire(111, &R);
         assert_eq!(ids(&s, "u1"), ["b"]);
-        assert_eq!(s.expire_before(25), 1);
-        assert_eq!(s.shoppers(), 1);
-        assert_eq!(s.expire_before(31), 1);
-        assert_eq!(s.shoppers(), 0);
-        assert_eq!(s.live(), 0);
+        s.expire(125, &R);
+        assert_eq!(s.len(), 1);
+        s.expire(131, &R);
+        assert_eq!((s.len(), s.live(), s.creators.len()), (0, 0, 0));
         // Expired ids are forgotten: the same id may be stored again.
-        assert_eq!(s.insert(click("a", 40, "u1"), id_hash("a"), 0, 10), Inserted::Stored { evicted: 0 });
+        let u1 = s.find_or_insert("u1");
+        assert_eq!(s.insert_touch(u1, &click("a", 140), 10, &R), Inserted::Stored { evicted: 0 });
+    }
+
+    #[test]
+    fn many_touches_use_an_index_that_follows_drops() {
+        let mut s = Shoppers::default();
+        let u = s.find_or_insert("u");
+        for i in 0..100 {
+            assert_eq!(
+                s.insert_touch(u, &click(&format!("k{i}"), i), 50, &R),
+                Inserted::Stored { evicted: (i >= 50) as usize }
+            );
+        }
+        assert!(s.has_touch_id(u, "k99") && !s.has_touch_id(u, "k10"), "k10 was dropped by the cap");
+        assert_eq!(s.insert_touch(u, &click("k10", 200), 50, &R), Inserted::Stored { evicted: 1 });
+        assert_eq!(s.insert_touch(u, &click("k99", 5), 50, &R), Inserted::Duplicate);
+    }
+
+    #[test]
+    fn arena_compaction_keeps_ids() {
+        let mut s = Shoppers::default();
+        let u = s.find_or_insert("u");
+        let long = "x".repeat(200);
+        for i in 0..20_000i64 {
+            s.insert_touch(u, &click(&format!("{long}{i}"), i), 10, &R);
+            s.expire(i - 5, &R);
+        }
+        assert!(s.arena.len() < 1 << 22, "arena compacted: {}", s.arena.len());
+        assert_eq!(ids(&s, "u").last().map(String::as_str), Some(format!("{long}19999").as_str()));
     }
 }

@@ -31,6 +31,11 @@ impl Watermarks {
         }
     }
 
+    /// Changes the bound (a config change); the watermark never moves back.
+    pub fn set_max_out_of_orderness(&mut self, bound: Millis) {
+        self.max_out_of_orderness = bound;
+    }
+
     /// Input `i` showed an event at `ts`; it is no longer idle.
     pub fn observe(&mut self, i: usize, ts: Millis) {
         let input = &mut self.inputs[i];

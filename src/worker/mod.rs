@@ -46,12 +46,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use self::state::{snapshot_chunks, CommitMeta, RestoreContext, StateMsg};
-use self::task::{Task, TaskOutput, TaskSettings};
-use crate::codec::{encode_record, Decoder};
+use self::task::{Task, TaskSettings};
+use crate::codec::encode_record;
 use crate::config::Config;
 use crate::engine::Stats;
 use crate::metrics::{Health, Metrics};
-use crate::model::{DeadLetter, Millis, Record};
+use crate::model::{DeadLetter, Millis, RecordView};
+use crate::pipeline::{Processing, Sink};
 
 /// How `attrib run` was started, besides the config.
 #[derive(Clone, Debug, Default)]
@@ -167,7 +168,6 @@ struct Core {
     inputs: Vec<String>,
     producer: BaseProducer<ProducerCtx>,
     restore_consumer: BaseConsumer,
-    decoder: Decoder,
     tasks: HashMap<i32, Task>,
     /// Last message time per (group, input), for idleness.
     last_seen: HashMap<(i32, u8), Instant>,
@@ -332,8 +332,8 @@ impl LiveOut<'_> {
     }
 }
 
-impl TaskOutput for LiveOut<'_> {
-    fn record(&mut self, record: Record, tag: u64) {
+impl Sink for LiveOut<'_> {
+    fn record(&mut self, record: &RecordView<'_>, tag: u64) {
         // `tag`: when the purchase or refund was received (0: restored, unknown).
         if tag > 0 && tag <= self.received {
             self.hold.saturating_record((self.received - tag) / 1000);
@@ -344,10 +344,10 @@ impl TaskOutput for LiveOut<'_> {
             self.stamps.push(self.received);
         }
         self.buf.clear();
-        encode_record(&record, &mut self.buf);
+        encode_record(&record.to_record(), &mut self.buf); // TODO(codec): the view encoder
         self.buf.pop(); // no newline in a Kafka value
         let payload = std::mem::take(&mut self.buf);
-        let (topic, key) = (self.output_topic.to_string(), record.creator_id.clone());
+        let (topic, key) = (self.output_topic.to_string(), record.creator_id.to_string());
         self.send(&topic, key.as_bytes(), payload, opaque);
         self.records += 1;
     }
@@ -362,7 +362,7 @@ impl TaskOutput for LiveOut<'_> {
 
 impl Core {
     fn settings(&self) -> TaskSettings {
-        TaskSettings { max_future_skew: self.config.max_future_skew }
+        TaskSettings
     }
 
     fn ensure_txn(&mut self) -> Result<(), WorkerError> {
@@ -386,21 +386,20 @@ impl Core {
             let timeout = self.config.transaction_timeout.max(Duration::from_secs(60));
             let committed = state::committed(consumer, &self.inputs, p, timeout)?;
             let settings = self.settings();
+            let processing = Processing::from_config(&self.config);
             let mut ctx = RestoreContext {
                 consumer: &self.restore_consumer,
                 inputs: &self.inputs,
                 state_topic: &self.config.kafka.state_topic,
-                engine: &self.config.engine,
-                max_out_of_orderness: self.config.engine.max_out_of_orderness,
+                processing: &processing,
                 settings,
-                decoder: &mut self.decoder,
                 timeout: Duration::from_secs(300),
             };
             let task = ctx.restore(p, &committed)?;
             info!(
                 group = p,
-                events = task.state.engine.stats().events_in,
-                touches = task.state.engine.live_touches(),
+                events = task.state.pipeline.engine().stats().events_in,
+                touches = task.state.pipeline.engine().live_touches(),
                 took_ms = started.elapsed().as_millis() as u64,
                 "partition group restored"
             );
@@ -414,7 +413,7 @@ impl Core {
                 }
             }
             self.last_snapshot.insert(p, Instant::now());
-            self.exported.insert(p, task.state.engine.stats().clone());
+            self.exported.insert(p, task.state.pipeline.engine().stats().clone());
             self.tasks.insert(p, task);
         }
         Ok(())
@@ -447,7 +446,7 @@ impl Core {
     /// group's watermark.
     fn ahead(&self, (p, i): (i32, u8)) -> bool {
         let Some(task) = self.tasks.get(&p) else { return false };
-        let w = &task.state.watermarks;
+        let w = &task.state.pipeline.watermarks();
         w.current().is_some_and(|w0| w.max_ts(usize::from(i)) > w0.saturating_add(self.read_ahead_now))
     }
 
@@ -455,7 +454,7 @@ impl Core {
     fn process(&mut self, input: usize, p: i32, topic: &str, offset: i64, payload: &[u8]) -> Result<(), WorkerError> {
         self.ensure_txn()?;
         let received = self.stamp();
-        let Core { tasks, producer, config, decoder, last_seen, records, open_stamps, hold, dead_letters, .. } = self;
+        let Core { tasks, producer, config, last_seen, records, open_stamps, hold, dead_letters, .. } = self;
         let task = tasks.get_mut(&p).expect("processed groups are restored");
         if task.state.positions[input].is_some_and(|pos| offset < pos) {
             return Ok(()); // already in the state (a re-delivery after a seek)
@@ -477,7 +476,7 @@ impl Core {
         };
         // Whole seconds: consecutive messages share a log step.
         let now = now_ms() / 1000 * 1000;
-        task.on_message(input as u8, topic, offset, payload, now, received, decoder, &mut out);
+        task.on_message(input as u8, topic, offset, payload, now, received, &mut out);
         *records += out.records;
         last_seen.insert((p, input as u8), Instant::now());
         Ok(())
@@ -495,8 +494,8 @@ impl Core {
     /// They are what holds the watermark back, so reading them advances it, which evicts
     /// touches and settles purchases; nothing is dropped and the group never stops.
     fn align(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<(), WorkerError> {
-        let touches: usize = self.tasks.values().map(|t| t.state.engine.live_touches()).sum();
-        let pending: usize = self.tasks.values().map(|t| t.state.engine.pending()).sum();
+        let touches: usize = self.tasks.values().map(|t| t.state.pipeline.engine().live_touches()).sum();
+        let pending: usize = self.tasks.values().map(|t| t.state.pipeline.engine().pending()).sum();
         let over_touches = touches > self.config.max_live_touches;
         let over_pending = pending > self.config.max_pending_purchases;
         self.observe.metrics.set_backpressure("live_touches", over_touches);
@@ -574,7 +573,7 @@ impl Core {
             .iter()
             .filter(|(_, at)| at.elapsed() >= idle_timeout)
             .map(|(k, _)| *k)
-            .filter(|(p, i)| self.tasks.get(p).is_some_and(|t| !t.state.watermarks.is_idle(usize::from(*i))))
+            .filter(|(p, i)| self.tasks.get(p).is_some_and(|t| !t.state.pipeline.watermarks().is_idle(usize::from(*i))))
             .collect();
         let mut due = Vec::new();
         for (p, i) in candidates {
@@ -731,7 +730,7 @@ impl Core {
         self.observe.metrics.add_bytes(std::mem::take(&mut self.bytes_in));
         let now = now_ms();
         for (p, task) in &self.tasks {
-            let engine = &task.state.engine;
+            let engine = task.state.pipeline.engine();
             if let Some(before) = self.exported.get_mut(p) {
                 self.observe.metrics.add_stats(before, engine.stats());
                 before.clone_from(engine.stats());
@@ -743,14 +742,17 @@ impl Core {
                 engine.pending(),
                 engine.ledger_len(),
             );
-            self.observe.metrics.set_watermark_lag(*p, task.state.watermarks.current().map(|w| now.saturating_sub(w)));
+            self.observe
+                .metrics
+                .set_watermark_lag(*p, task.state.pipeline.watermarks().current().map(|w| now.saturating_sub(w)));
         }
     }
 
     /// `--stop-at-end`: caught up, and every input idle, so the watermark has passed all
     /// that the input lets it pass (the tail of purchases is written before stopping).
     fn finished(&self) -> bool {
-        self.caught_up() && self.tasks.values().all(|t| (0..self.inputs.len()).all(|i| t.state.watermarks.is_idle(i)))
+        self.caught_up()
+            && self.tasks.values().all(|t| (0..self.inputs.len()).all(|i| t.state.pipeline.watermarks().is_idle(i)))
     }
 
     /// `--stop-at-end`: every assigned input partition has reached its end offset.
@@ -922,13 +924,11 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     let restore_consumer: BaseConsumer =
         with_user_settings(rc, &config).create().map_err(WorkerError::kafka("creating the restore consumer"))?;
 
-    let decoder = Decoder::new(config.limits);
     let core = Arc::new(parking_lot::Mutex::new(Core {
         inputs: config.kafka.input_topics.clone(),
         config: config.clone(),
         producer,
         restore_consumer,
-        decoder,
         tasks: HashMap::new(),
         last_seen: HashMap::new(),
         unrestored: BTreeSet::new(),
@@ -998,15 +998,15 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         let s = &task.state;
         let inputs: Vec<String> = (0..c.inputs.len())
             .map(|i| {
-                let idle = if s.watermarks.is_idle(i) { " idle" } else { "" };
-                format!("{}@{:?} max_ts={}{idle}", c.inputs[i], s.positions[i], s.watermarks.max_ts(i))
+                let idle = if s.pipeline.watermarks().is_idle(i) { " idle" } else { "" };
+                format!("{}@{:?} max_ts={}{idle}", c.inputs[i], s.positions[i], s.pipeline.watermarks().max_ts(i))
             })
             .collect();
         info!(
             group = p,
-            watermark = ?s.watermarks.current(),
-            pending = s.engine.pending(),
-            touches = s.engine.live_touches(),
+            watermark = ?s.pipeline.watermarks().current(),
+            pending = s.pipeline.engine().pending(),
+            touches = s.pipeline.engine().live_touches(),
             inputs = ?inputs,
             "partition group at shutdown"
         );

@@ -22,11 +22,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::task::{Discard, Step, Task, TaskSettings, TaskState};
+use super::task::{Discard, SnapshotState, Step, Task, TaskSettings, TaskState};
 use super::WorkerError;
-use crate::codec::Decoder;
-use crate::engine::watermark::Watermarks;
-use crate::engine::{Engine, EngineConfig};
+use crate::pipeline::Processing;
 
 /// Largest snapshot chunk (well under the broker's default 1 MB message limit).
 pub const CHUNK_BYTES: usize = 512 * 1024;
@@ -93,7 +91,7 @@ impl StateMsg {
 /// Cuts a task state into snapshot chunks.
 pub fn snapshot_chunks(state: &TaskState) -> Vec<StateMsg> {
     let mut data = Vec::new();
-    ciborium::into_writer(state, &mut data).expect("state serialises into a Vec");
+    ciborium::into_writer(&state.to_snapshot(), &mut data).expect("state serialises into a Vec");
     let count = data.len().div_ceil(CHUNK_BYTES).max(1) as u32;
     let chunks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(CHUNK_BYTES).collect() };
     chunks
@@ -177,10 +175,8 @@ pub struct RestoreContext<'a, C: rdkafka::consumer::ConsumerContext> {
     pub consumer: &'a BaseConsumer<C>,
     pub inputs: &'a [String],
     pub state_topic: &'a str,
-    pub engine: &'a EngineConfig,
-    pub max_out_of_orderness: i64,
+    pub processing: &'a Processing,
     pub settings: TaskSettings,
-    pub decoder: &'a mut Decoder,
     pub timeout: Duration,
 }
 
@@ -189,12 +185,7 @@ impl<C: rdkafka::consumer::ConsumerContext> RestoreContext<'_, C> {
     pub fn restore(&mut self, p: i32, committed: &Committed) -> Result<Task, WorkerError> {
         let Some(meta) = committed.meta else {
             // Never committed: start empty from the earliest offsets.
-            let state = TaskState {
-                engine: Engine::new(self.engine.clone()),
-                watermarks: Watermarks::new(self.inputs.len(), self.max_out_of_orderness),
-                positions: vec![None; self.inputs.len()],
-                seq: 0,
-            };
+            let state = TaskState::new(self.processing.clone(), self.inputs.len());
             return Ok(Task::new(p, state, self.settings.clone()));
         };
         let (state, steps) = self.read_state(p, meta)?;
@@ -248,8 +239,10 @@ impl<C: rdkafka::consumer::ConsumerContext> RestoreContext<'_, C> {
                     }
                     data.extend_from_slice(&d);
                     if index + 1 == count {
-                        let state: TaskState = ciborium::from_reader(&data[..])
+                        let snap: SnapshotState = ciborium::from_reader(&data[..])
                             .map_err(|e| WorkerError::Restore(format!("bad snapshot in partition {p}: {e}")))?;
+                        let state = TaskState::from_snapshot(self.processing.clone(), snap)
+                            .map_err(|e| WorkerError::Restore(format!("snapshot in partition {p}: {e}")))?;
                         snapshot = Some(state);
                     }
                 }
@@ -292,7 +285,7 @@ impl<C: rdkafka::consumer::ConsumerContext> RestoreContext<'_, C> {
                             Some((offset, _)) if *offset < until => {
                                 let (offset, payload) = buffered[i].pop_front().expect("front exists");
                                 let topic = self.inputs[i].clone();
-                                task.on_message(input, &topic, offset, &payload, now_ms, 0, self.decoder, &mut Discard);
+                                task.on_message(input, &topic, offset, &payload, now_ms, 0, &mut Discard);
                                 if offset + 1 == until {
                                     break;
                                 }
@@ -346,21 +339,19 @@ mod tests {
 
     #[test]
     fn snapshots_round_trip_through_chunks() {
-        let state = TaskState {
-            engine: Engine::new(EngineConfig::default()),
-            watermarks: Watermarks::new(4, 5000),
-            positions: vec![Some(3), None, Some(0), Some(10)],
-            seq: 5,
-        };
+        let mut state = TaskState::new(Processing::default(), 4);
+        state.positions = vec![Some(3), None, Some(0), Some(10)];
+        state.seq = 5;
         let chunks = snapshot_chunks(&state);
         let mut data = Vec::new();
         for c in chunks {
             let StateMsg::Chunk { data: d, .. } = StateMsg::decode(&c.encode()).unwrap() else { panic!() };
             data.extend(d);
         }
-        let back: TaskState = ciborium::from_reader(&data[..]).unwrap();
+        let back: SnapshotState = ciborium::from_reader(&data[..]).unwrap();
+        let back = TaskState::from_snapshot(Processing::default(), back).unwrap();
         assert_eq!(back.positions, state.positions);
         assert_eq!(back.seq, 5);
-        assert_eq!(back.watermarks, state.watermarks);
+        assert_eq!(back.pipeline.watermarks(), state.pipeline.watermarks());
     }
 }

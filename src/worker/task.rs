@@ -8,10 +8,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::Decoder;
 use crate::engine::watermark::Watermarks;
-use crate::engine::{Engine, Outcome, Output};
-use crate::model::{DeadLetter, DeadLetterReason, Millis, Record, SourcePos};
+use crate::engine::Engine;
+use crate::model::{Millis, SourcePos};
+use crate::pipeline::{Pipeline, Processing, Sink};
+
+pub use crate::pipeline::Discard;
 
 /// One entry of the order log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,48 +25,60 @@ pub enum Step {
     Idle { input: u8 },
 }
 
-/// The state of one partition group that a snapshot captures.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// The state of one partition group.
 pub struct TaskState {
-    pub engine: Engine,
-    pub watermarks: Watermarks,
+    pub pipeline: Pipeline,
     /// Next offset to read per input (`None`: nothing read yet).
     pub positions: Vec<Option<i64>>,
     /// Sequence number of the last order-log entry applied.
     pub seq: u64,
 }
 
-/// Where a task's records and dead letters go.
-pub trait TaskOutput {
-    /// A commission or reversal record; `tag` is the wall-clock nanos of the message.
-    fn record(&mut self, record: Record, tag: u64);
-    /// A dead letter.
-    fn dead_letter(&mut self, dead_letter: DeadLetter);
+/// What a snapshot holds of a [`TaskState`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotState {
+    pub globals: Vec<u8>,
+    pub shoppers: Vec<Vec<u8>>,
+    pub watermarks: Watermarks,
+    pub positions: Vec<Option<i64>>,
+    pub seq: u64,
 }
 
-/// Discards everything: used while replaying the order log.
-pub struct Discard;
+impl TaskState {
+    /// An empty state over `inputs` inputs.
+    pub fn new(processing: Processing, inputs: usize) -> TaskState {
+        TaskState { pipeline: Pipeline::new(processing, inputs), positions: vec![None; inputs], seq: 0 }
+    }
 
-impl TaskOutput for Discard {
-    fn record(&mut self, _: Record, _: u64) {}
-    fn dead_letter(&mut self, _: DeadLetter) {}
-}
+    /// The snapshot form.
+    pub fn to_snapshot(&self) -> SnapshotState {
+        let snap = self.pipeline.engine().snapshot();
+        SnapshotState {
+            globals: snap.globals,
+            shoppers: snap.shoppers.into_iter().map(|(_, b)| b).collect(),
+            watermarks: self.pipeline.watermarks().clone(),
+            positions: self.positions.clone(),
+            seq: self.seq,
+        }
+    }
 
-struct Adapter<'a, O: TaskOutput>(&'a mut O);
-
-impl<O: TaskOutput> Output for Adapter<'_, O> {
-    fn record(&mut self, record: Record, tag: u64) {
-        self.0.record(record, tag);
+    /// A state from its snapshot form, running under `processing`.
+    pub fn from_snapshot(processing: Processing, snap: SnapshotState) -> Result<TaskState, String> {
+        let engine = Engine::restore(processing.engine.clone(), &snap.globals, snap.shoppers.iter().map(Vec::as_slice))
+            .map_err(|e| e.to_string())?;
+        Ok(TaskState {
+            pipeline: Pipeline::from_parts(processing, engine, snap.watermarks),
+            positions: snap.positions,
+            seq: snap.seq,
+        })
     }
 }
 
-/// Settings a task needs besides the engine's.
+/// Settings a task needs besides the pipeline's.
 #[derive(Clone, Debug)]
-pub struct TaskSettings {
-    pub max_future_skew: Millis,
-}
+pub struct TaskSettings;
 
-/// A partition group: engine, watermarks, positions and the steps since the last commit.
+/// A partition group: pipeline, positions and the steps since the last commit.
 pub struct Task {
     pub partition: i32,
     pub state: TaskState,
@@ -74,13 +88,12 @@ pub struct Task {
     pub snapshot_offset: Option<i64>,
     /// Order-log sequence number at the latest snapshot.
     pub snapshot_seq: u64,
-    settings: TaskSettings,
 }
 
 impl Task {
     /// A task from a restored or fresh state.
-    pub fn new(partition: i32, state: TaskState, settings: TaskSettings) -> Task {
-        Task { partition, snapshot_seq: state.seq, state, log: Vec::new(), snapshot_offset: None, settings }
+    pub fn new(partition: i32, state: TaskState, _settings: TaskSettings) -> Task {
+        Task { partition, snapshot_seq: state.seq, state, log: Vec::new(), snapshot_offset: None }
     }
 
     /// Handles one input message at `offset` of input `input`. `now_ms` is the wall
@@ -94,41 +107,13 @@ impl Task {
         payload: &[u8],
         now_ms: Millis,
         tag: u64,
-        decoder: &mut Decoder,
-        out: &mut impl TaskOutput,
+        out: &mut impl Sink,
     ) {
         let i = usize::from(input);
-        let s = &mut self.state;
-        s.engine.stats_mut().events_in += 1;
-        let source = || SourcePos::Kafka { topic: topic.to_string(), partition: self.partition, offset };
-        match decoder.decode(payload) {
-            Err(e) => {
-                s.engine.stats_mut().dead_letter(e.reason);
-                out.dead_letter(DeadLetter::new(e.reason, e.message, source(), payload));
-            }
-            Ok(event) if event.ts() > now_ms.saturating_add(self.settings.max_future_skew) => {
-                let reason = DeadLetterReason::FutureTimestamp;
-                s.engine.stats_mut().dead_letter(reason);
-                let error =
-                    format!("event time {} is more than max_future_skew ahead of the clock {now_ms}", event.ts());
-                out.dead_letter(DeadLetter::new(reason, error, source(), payload));
-            }
-            Ok(event) => {
-                let ts = event.ts();
-                if s.engine.process(event, tag, &mut Adapter(out)) == Outcome::TooLate {
-                    let error = format!(
-                        "event time {ts} is behind the watermark {} by more than allowed",
-                        s.engine.watermark()
-                    );
-                    out.dead_letter(DeadLetter::new(DeadLetterReason::TooLate, error, source(), payload));
-                }
-                s.watermarks.observe(i, ts);
-            }
-        }
-        if let Some(w) = s.watermarks.current() {
-            s.engine.advance_watermark(w, &mut Adapter(out));
-        }
-        s.positions[i] = Some(offset + 1);
+        let partition = self.partition;
+        let source = || SourcePos::Kafka { topic: topic.to_string(), partition, offset };
+        self.state.pipeline.on_message(i, payload, source, Some(now_ms), tag, out);
+        self.state.positions[i] = Some(offset + 1);
         match self.log.last_mut() {
             Some(Step::Advance { input: last, until, now_ms: at }) if *last == input && *at == now_ms => {
                 *until = offset + 1
@@ -138,12 +123,8 @@ impl Task {
     }
 
     /// Marks input `input` idle: it stops holding the watermark back until it shows an event.
-    pub fn set_idle(&mut self, input: u8, out: &mut impl TaskOutput) {
-        let s = &mut self.state;
-        s.watermarks.set_idle(usize::from(input), true);
-        if let Some(w) = s.watermarks.current() {
-            s.engine.advance_watermark(w, &mut Adapter(out));
-        }
+    pub fn set_idle(&mut self, input: u8, out: &mut impl Sink) {
+        self.state.pipeline.set_idle(usize::from(input), true, out);
         self.log.push(Step::Idle { input });
     }
 }

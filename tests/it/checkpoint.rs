@@ -1,51 +1,60 @@
-//! Restored from a checkpoint: a task snapshotted midway and restored from its CBOR
-//! snapshot must write exactly what an uninterrupted task writes (Arroyo-style golden).
+//! Restored from a checkpoint: a pipeline whose engine is snapshotted midway (whole, or
+//! as incremental changes applied to a compacted key → record map, as the worker's state
+//! topic holds them) and restored must write exactly what an uninterrupted one writes
+//! (Arroyo-style golden).
 
-use attrib::codec::{DecodeLimits, Decoder};
-use attrib::engine::watermark::Watermarks;
-use attrib::engine::{Engine, EngineConfig};
+use std::collections::BTreeMap;
+
+use attrib::engine::Engine;
 use attrib::gen::{generate, GenOptions};
-use attrib::model::{DeadLetter, Record};
-use attrib::worker::state::{snapshot_chunks, StateMsg};
-use attrib::worker::task::{Task, TaskOutput, TaskSettings, TaskState};
+use attrib::model::{DeadLetter, Record, RecordView, SourcePos};
+use attrib::pipeline::{Pipeline, Processing, Sink};
 
-/// A task output that keeps everything (shared by the tests of this binary).
+/// A sink that keeps everything (shared by the tests of this binary).
 #[derive(Default)]
 pub struct Collect(pub Vec<Record>, pub Vec<DeadLetter>);
 
-impl TaskOutput for Collect {
-    fn record(&mut self, record: Record, _: u64) {
-        self.0.push(record);
+impl Sink for Collect {
+    fn record(&mut self, record: &RecordView<'_>, _: u64) {
+        self.0.push(record.to_record());
     }
     fn dead_letter(&mut self, d: DeadLetter) {
         self.1.push(d);
     }
 }
 
-/// A fresh partition-group task with `inputs` inputs and the default config.
-pub fn task(inputs: usize) -> Task {
-    let cfg = EngineConfig::default();
-    let state = TaskState {
-        watermarks: Watermarks::new(inputs, cfg.max_out_of_orderness),
-        engine: Engine::new(cfg),
-        positions: vec![None; inputs],
-        seq: 0,
-    };
-    Task::new(0, state, TaskSettings { max_future_skew: 3_600_000 })
+/// A fresh pipeline with `inputs` inputs and the default config.
+pub fn pipeline(inputs: usize) -> Pipeline {
+    Pipeline::new(Processing::default(), inputs)
 }
 
-fn restore(t: &Task) -> Task {
-    let mut data = Vec::new();
-    for chunk in snapshot_chunks(&t.state) {
-        let StateMsg::Chunk { data: d, .. } = StateMsg::decode(&chunk.encode()).unwrap() else { panic!("chunk") };
-        data.extend(d);
+/// A compacted changelog: the latest record per key, and the latest globals.
+#[derive(Default)]
+struct Changelog {
+    globals: Vec<u8>,
+    shoppers: BTreeMap<String, Vec<u8>>,
+}
+
+impl Changelog {
+    fn apply(&mut self, engine: &mut Engine) {
+        let c = engine.take_changes();
+        self.globals = c.globals;
+        for (k, v) in c.upserts {
+            self.shoppers.insert(k.to_string(), v);
+        }
+        for k in c.removed {
+            self.shoppers.remove(k.as_str());
+        }
     }
-    let state: TaskState = ciborium::from_reader(&data[..]).unwrap();
-    Task::new(0, state, TaskSettings { max_future_skew: 3_600_000 })
 }
 
-#[test]
-fn a_task_restored_from_a_snapshot_continues_exactly() {
+fn restore(p: &Pipeline, globals: &[u8], shoppers: Vec<&[u8]>) -> Pipeline {
+    let processing = p.processing().clone();
+    let engine = Engine::restore(processing.engine.clone(), globals, shoppers).expect("restores");
+    Pipeline::from_parts(processing, engine, p.watermarks().clone())
+}
+
+fn workload() -> Vec<(usize, Vec<u8>)> {
     let opts = GenOptions {
         events: 30_000,
         seed: 9,
@@ -55,33 +64,79 @@ fn a_task_restored_from_a_snapshot_continues_exactly() {
         events_per_sec: 2.0,
         ..GenOptions::default()
     };
-    let mut lines: Vec<(u8, Vec<u8>)> = Vec::new();
+    let mut lines = Vec::new();
     generate(&opts, |kind, line| {
-        lines.push(((kind as u8) % 4, line.to_vec()));
+        lines.push(((kind as usize) % 4, line.to_vec()));
         Ok(())
     })
     .unwrap();
+    lines
+}
+
+fn run(p: &mut Pipeline, lines: &[(usize, Vec<u8>)], from: usize, to: usize, out: &mut Collect) {
     let now = 4_000_000_000_000; // far future: no future-timestamp dead letters
-    let mut decoder = Decoder::new(DecodeLimits::default());
-    let run = |t: &mut Task, from: usize, to: usize, out: &mut Collect, decoder: &mut Decoder| {
-        for (i, (input, line)) in lines.iter().enumerate().take(to).skip(from) {
-            t.on_message(*input, "in", i as i64, line, now, 0, decoder, out);
-        }
-    };
-    let mut straight = task(4);
+    for (i, (input, line)) in lines.iter().enumerate().take(to).skip(from) {
+        let source = || SourcePos::Kafka { topic: "in".into(), partition: 0, offset: i as i64 };
+        p.on_message(*input, line, source, Some(now), 0, out);
+    }
+}
+
+#[test]
+fn a_pipeline_restored_from_a_snapshot_continues_exactly() {
+    let lines = workload();
+    let mut straight = pipeline(4);
     let mut want = Collect::default();
-    run(&mut straight, 0, lines.len(), &mut want, &mut decoder);
+    run(&mut straight, &lines, 0, lines.len(), &mut want);
+    straight.finish(&mut want);
 
     for cut in [1, 7_777, 15_000, 29_999] {
-        let mut first = task(4);
+        let mut first = pipeline(4);
         let mut got = Collect::default();
-        run(&mut first, 0, cut, &mut got, &mut decoder);
-        let mut second = restore(&first);
-        run(&mut second, cut, lines.len(), &mut got, &mut decoder);
+        run(&mut first, &lines, 0, cut, &mut got);
+        let snap = first.engine().snapshot();
+        let mut second = restore(&first, &snap.globals, snap.shoppers.iter().map(|(_, b)| b.as_slice()).collect());
+        run(&mut second, &lines, cut, lines.len(), &mut got);
+        second.finish(&mut got);
         assert_eq!(got.0.len(), want.0.len(), "records after a restore at {cut}");
         assert!(got.0 == want.0, "records differ after a restore at {cut}");
         assert_eq!(got.1, want.1, "dead letters after a restore at {cut}");
-        assert_eq!(second.state.engine.stats(), straight.state.engine.stats());
+        assert_eq!(second.engine().stats(), straight.engine().stats());
     }
     assert!(want.0.len() > 1000);
+}
+
+#[test]
+fn incremental_checkpoints_applied_to_a_compacted_log_restore_exactly() {
+    let lines = workload();
+    let mut straight = pipeline(4);
+    let mut want = Collect::default();
+    run(&mut straight, &lines, 0, lines.len(), &mut want);
+    straight.finish(&mut want);
+
+    // Checkpoints every 997 messages; restore from the log at several of them.
+    let mut p = pipeline(4);
+    p.engine_mut().track_changes(true);
+    let mut log = Changelog::default();
+    let mut got = Collect::default();
+    let mut at = 0;
+    let mut restores = 0;
+    while at < lines.len() {
+        let next = (at + 997).min(lines.len());
+        run(&mut p, &lines, at, next, &mut got);
+        log.apply(p.engine_mut());
+        at = next;
+        if at % 5 == 0 || at == lines.len() || restores < 3 {
+            let mut q = restore(&p, &log.globals, log.shoppers.values().map(Vec::as_slice).collect());
+            q.engine_mut().track_changes(true);
+            assert_eq!(q.engine().live_touches(), p.engine().live_touches(), "touches after a restore at {at}");
+            assert_eq!(q.engine().pending(), p.engine().pending(), "pending after a restore at {at}");
+            p = q;
+            restores += 1;
+        }
+    }
+    p.finish(&mut got);
+    assert!(restores > 3);
+    assert!(got.0 == want.0, "records differ after incremental restores");
+    assert_eq!(got.1, want.1);
+    assert_eq!(p.engine().stats(), straight.engine().stats());
 }

@@ -8,7 +8,7 @@ use attrib::model::{DeadLetterReason, Event, Record, SourcePos, Touch, TouchKind
 use attrib::replay::{replay, replay_texts, Input, MemorySink, Summary};
 use std::io;
 
-use crate::checkpoint::{task, Collect};
+use crate::checkpoint::{pipeline, Collect};
 use proptest::prelude::*;
 
 const PURCHASE: &str = r#"{"type":"purchase","event_id":"o-1","ts":1764400600000,"user_id":"u-1","order_id":"ord-1","currency":"USD","items":[{"product_id":"p-1","quantity":1,"unit_price":1000}]}"#;
@@ -263,7 +263,7 @@ fn a_click_flood_keeps_memory_bounded_by_the_per_shopper_cap() {
             surface: None,
         };
         engine.stats_mut().events_in += 1;
-        engine.process(Event::Touch(touch), 0, &mut out);
+        engine.process(&Event::Touch(touch), 0, &mut out);
         assert!(engine.live_touches() <= cap);
         if i % 1000 == 999 {
             engine.advance_watermark(start + (i * 60_000 / n) as i64 - 5_000, &mut out);
@@ -276,7 +276,7 @@ fn a_click_flood_keeps_memory_bounded_by_the_per_shopper_cap() {
     let mut dec = Decoder::new(DecodeLimits::default());
     let purchase = PURCHASE.replace("u-1", "u-flood").replace("1764400600000", "1764400060000");
     engine.stats_mut().events_in += 1;
-    engine.process(dec.decode(purchase.as_bytes()).unwrap(), 0, &mut out);
+    engine.process(&dec.decode(purchase.as_bytes()).unwrap(), 0, &mut out);
     engine.finish(&mut out);
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].touch_event_id.as_str(), out[0].creator_id.as_str()), ("flood-999999", "c-49"));
@@ -287,20 +287,19 @@ fn a_click_flood_keeps_memory_bounded_by_the_per_shopper_cap() {
 
 #[test]
 fn a_future_timestamp_cannot_push_the_watermark_and_make_the_rest_late() {
-    let mut task = task(1);
-    let mut dec = Decoder::new(DecodeLimits::default());
+    let mut task = pipeline(1);
     let mut out = Collect::default();
     let now = 1_764_400_700_000;
     let far = CLICK.replace("1764400000000", "253402300799999").replace("k-1", "k-far");
-    task.on_message(0, "clicks", 0, far.as_bytes(), now, 0, &mut dec, &mut out);
-    task.on_message(0, "clicks", 1, CLICK.as_bytes(), now, 0, &mut dec, &mut out);
-    task.on_message(0, "purchases", 2, PURCHASE.as_bytes(), now, 0, &mut dec, &mut out);
+    task.on_message(0, far.as_bytes(), || kafka("clicks", 0), Some(now), 0, &mut out);
+    task.on_message(0, CLICK.as_bytes(), || kafka("clicks", 1), Some(now), 0, &mut out);
+    task.on_message(0, PURCHASE.as_bytes(), || kafka("purchases", 2), Some(now), 0, &mut out);
     assert_eq!(out.1.len(), 1);
     assert_eq!(out.1[0].reason, DeadLetterReason::FutureTimestamp);
     // The real events were not made late by the bad clock: the purchase is still pending
     // (W is 5 s behind the click) and nothing was dead-lettered as too late.
-    assert_eq!(task.state.engine.stats().total(|t| t.late), 0);
-    assert_eq!(task.state.engine.pending(), 1);
+    assert_eq!(task.engine().stats().total(|t| t.late), 0);
+    assert_eq!(task.engine().pending(), 1);
 }
 
 #[test]
@@ -314,11 +313,10 @@ fn an_empty_input_replays_to_nothing() {
 fn an_empty_kafka_message_is_bad_json() {
     // A file's blank line is no event, but an empty Kafka value (or one of blanks) is a
     // message that must be accounted for.
-    let mut task = task(1);
-    let mut dec = Decoder::new(DecodeLimits::default());
+    let mut task = pipeline(1);
     let mut out = Collect::default();
-    task.on_message(0, "clicks", 0, b"", 1_764_400_000_000, 0, &mut dec, &mut out);
-    task.on_message(0, "clicks", 1, b"  \n", 1_764_400_000_000, 0, &mut dec, &mut out);
+    task.on_message(0, b"", || kafka("clicks", 0), Some(1_764_400_000_000), 0, &mut out);
+    task.on_message(0, b"  \n", || kafka("clicks", 1), Some(1_764_400_000_000), 0, &mut out);
     let dead: Vec<_> = out.1.iter().map(|d| (d.reason, d.error.as_str())).collect();
     assert_eq!(
         dead,
@@ -327,7 +325,7 @@ fn an_empty_kafka_message_is_bad_json() {
             (DeadLetterReason::InvalidJson, "invalid JSON: Eof at character 0")
         ]
     );
-    let s = task.state.engine.stats();
+    let s = task.engine().stats();
     assert_eq!((s.events_in, s.accounted()), (2, 2));
 }
 
@@ -346,7 +344,7 @@ proptest! {
         mutated[at] = flip;
         for input in [bytes.as_slice(), mutated.as_slice(), &PURCHASE.as_bytes()[..cut.min(PURCHASE.len())]] {
             if let Ok(event) = d.decode(input) {
-                engine.process(event, 0, &mut out);
+                engine.process(&event, 0, &mut out);
             }
         }
         engine.advance_watermark(i64::MAX, &mut out);
@@ -392,4 +390,8 @@ fn regression_refund_excess_units_overflow() {
     assert_eq!(sink.records.len(), 1, "the commission; nothing of the order is refunded");
     assert_eq!(summary.stats.refund_applied, 1);
     assert!(summary.stats.refund_excess_units >= i64::MAX as u64, "saturates, never wraps");
+}
+
+fn kafka(topic: &str, offset: i64) -> attrib::model::SourcePos {
+    attrib::model::SourcePos::Kafka { topic: topic.into(), partition: 0, offset }
 }
