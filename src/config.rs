@@ -171,11 +171,21 @@ pub struct RawKafka {
     pub input_topics: Vec<String>,
     pub output_topic: String,
     pub dlq_topic: String,
-    /// Where snapshots and the order log live (one partition per input partition).
+    /// Where shadow records go (SPEC 8.3), in the same transactions as the paid ones.
+    /// Required when `attribution.shadow_models` is set; empty otherwise.
+    pub shadow_topic: String,
+    /// Where checkpoints and the order log live (compacted; one partition per input
+    /// partition).
     pub state_topic: String,
+    /// How the inputs were partitioned (SPEC 8.6): `murmur2_random` (the Java client's
+    /// default) or `consistent_random` (librdkafka's default). Events on another partition
+    /// than their `user_id` maps to are dead-lettered as `misrouted`.
+    pub partitioner: String,
     /// The transactional producer's id; give every worker its own, stable across restarts
     /// (a restarted worker with the same id fences its previous incarnation at once).
-    /// Empty: `<group_id>-<hostname>`.
+    /// Empty: `<group_id>-<hostname>-<slot>`, where the slot is the lowest number no other
+    /// worker on this host holds (a lock file per slot), so workers on one host never
+    /// fence each other.
     pub transactional_id: String,
     /// How often records, state and input offsets are committed in one transaction.
     pub commit_interval: String,
@@ -205,7 +215,9 @@ impl Default for RawKafka {
             input_topics: ["views", "clicks", "purchases", "refunds"].map(String::from).to_vec(),
             output_topic: "commissions".into(),
             dlq_topic: "attrib.dlq".into(),
+            shadow_topic: String::new(),
             state_topic: "attrib.state".into(),
+            partitioner: "murmur2_random".into(),
             transactional_id: String::new(),
             commit_interval: "200ms".into(),
             snapshot_interval: "30s".into(),
@@ -227,7 +239,9 @@ impl std::fmt::Debug for RawKafka {
             .field("input_topics", &self.input_topics)
             .field("output_topic", &self.output_topic)
             .field("dlq_topic", &self.dlq_topic)
+            .field("shadow_topic", &self.shadow_topic)
             .field("state_topic", &self.state_topic)
+            .field("partitioner", &self.partitioner)
             .field("transactional_id", &self.transactional_id)
             .field("commit_interval", &self.commit_interval)
             .field("snapshot_interval", &self.snapshot_interval)
@@ -277,6 +291,10 @@ pub struct Config {
     pub transaction_timeout: Duration,
     pub session_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// `kafka.transactional_id` was left empty: the worker appends a per-host slot.
+    pub transactional_id_auto: bool,
+    /// See `kafka.partitioner`.
+    pub partitioner: crate::routing::Partitioner,
     /// See `kafka.read_ahead`.
     pub read_ahead: Millis,
     /// See `limits.max_live_touches`.
@@ -511,6 +529,10 @@ impl RawConfig {
             return Err(invalid("kafka.transaction_timeout", "must be at most 15m (the broker's default maximum)"));
         }
         let mut kafka = k.clone();
+        let transactional_id_auto = kafka.transactional_id.is_empty();
+        let partitioner = crate::routing::Partitioner::parse(&k.partitioner).ok_or_else(|| {
+            invalid("kafka.partitioner", format!("{:?} is not one of murmur2_random, consistent_random", k.partitioner))
+        })?;
         if kafka.transactional_id.is_empty() {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
@@ -536,6 +558,8 @@ impl RawConfig {
             transaction_timeout,
             session_timeout: ms("kafka.session_timeout", &k.session_timeout)?,
             shutdown_timeout: ms("kafka.shutdown_timeout", &k.shutdown_timeout)?,
+            transactional_id_auto,
+            partitioner,
             read_ahead: duration("kafka.read_ahead", &k.read_ahead)?,
             max_live_touches: positive("limits.max_live_touches", l.max_live_touches)?,
             max_pending_purchases: positive("limits.max_pending_purchases", l.max_pending_purchases)?,

@@ -502,7 +502,7 @@ impl Generator {
     fn shopper(&mut self) -> (Shopper, u32) {
         let rank = self.users.sample(&mut self.rng);
         let h = mix(self.seed ^ SALT_SELF, u64::from(rank));
-        let user = if h % 100 == 0 {
+        let user = if h.is_multiple_of(100) {
             Shopper { num: ((h >> 32) % u64::from(self.creators_n)) as u32 + 1, is_creator: true }
         } else {
             Shopper { num: rank, is_creator: false }

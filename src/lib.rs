@@ -27,5 +27,6 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod replay;
+pub mod routing;
 #[cfg(feature = "kafka")]
 pub mod worker;

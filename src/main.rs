@@ -62,6 +62,10 @@ struct ProduceArgs {
     /// possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// The key of purchases and refunds: user_id (co-partitioned with the touches) or
+    /// order_id (as order services often key them; SPEC 8.6).
+    #[arg(long, value_enum, default_value_t = attrib::worker::produce::KeyBy::UserId)]
+    key: attrib::worker::produce::KeyBy,
     /// JSONL files.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -171,7 +175,8 @@ fn run_worker(args: RunArgs) -> Result<()> {
 
 fn produce(args: ProduceArgs) -> Result<()> {
     let config = Config::load(args.config.as_deref())?;
-    let opts = attrib::worker::produce::ProduceOptions { flush_marker: args.flush_marker, rate: args.rate };
+    let opts =
+        attrib::worker::produce::ProduceOptions { flush_marker: args.flush_marker, rate: args.rate, key: args.key };
     let sent = attrib::worker::produce::produce(&config, &args.files, &opts)?;
     for (topic, n) in config.kafka.input_topics.iter().zip(&sent.per_topic) {
         eprintln!("{topic}: {n} messages");

@@ -4,13 +4,18 @@
 //!   of every input topic lands on the same worker (inputs are co-partitioned by
 //!   `user_id`). Each partition number is a [`task::Task`] with its own engine and
 //!   watermark; an input partition silent for `idle_timeout` stops holding it back.
-//! - **Exactly once**: records, dead letters, the state topic's order log (and now and
-//!   then a snapshot) and the input offsets are written in one Kafka transaction every
-//!   `commit_interval`. Consumers of the output read `read_committed`.
-//! - **State after a restart or a rebalance** is rebuilt from the state topic: the latest
-//!   snapshot, then the logged steps replayed over the inputs up to the committed offsets
-//!   (see [`state`]). The engine is deterministic, so the rebuilt state is exactly the
-//!   state at the last commit.
+//! - **Exactly once**: records, dead letters, shadow records, the state topic's order log
+//!   (and every `snapshot_interval` an incremental checkpoint) and the input offsets are
+//!   written in one Kafka transaction every `commit_interval`. Consumers of the output
+//!   read `read_committed`.
+//! - **State after a restart or a rebalance** is rebuilt from the compacted state topic:
+//!   the latest checkpoint (one record per shopper), then the logged steps replayed over
+//!   the inputs up to the committed offsets (see [`state`]). The engine is deterministic
+//!   and config changes are logged steps, so the rebuilt state is exactly the state at
+//!   the last commit, under the config in force then (SPEC 8.1). A worker started with a
+//!   changed config logs every key that differs and applies the new one from there on.
+//! - **Routing** (SPEC 8.6): every event must sit on the partition its `user_id` maps to
+//!   under `kafka.partitioner`; others are dead-lettered as `misrouted`.
 //! - Any transaction failure that is not fatal aborts, throws away all in-memory state
 //!   and rebuilds it from Kafka; a fatal one (fenced producer) exits non-zero.
 //! - `kafka.exactly_once = false` drops the transactions: records are flushed, then the
@@ -45,8 +50,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
-use self::state::{snapshot_chunks, CommitMeta, RestoreContext, StateMsg};
-use self::task::{Task, TaskSettings};
+use self::state::{checkpoint_items, CommitMeta, StateItem};
+use self::task::{Routing, Task};
 use crate::codec::encode_record;
 use crate::config::Config;
 use crate::engine::Stats;
@@ -78,6 +83,12 @@ pub enum WorkerError {
     Restore(String),
     #[error("setup: {0}")]
     Setup(String),
+    /// The state was written by an older release in a layout this one does not read.
+    #[error("state: {0}")]
+    OldState(String),
+    /// A restore was stopped (shutdown or revocation).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl WorkerError {
@@ -123,11 +134,9 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Delivery reports: the offsets of snapshot starts and any failure; without
-/// transactions also the processing latency (a record is visible once delivered).
+/// Delivery reports: any failure; without transactions also the processing latency (a
+/// record is visible once delivered).
 struct ProducerCtx {
-    /// Partition group → offset of the first chunk of the snapshot just written.
-    snapshot_offsets: Mutex<HashMap<i32, i64>>,
     failures: Mutex<Vec<String>>,
     /// Time origin of the receive stamps carried by records (see [`RECORD_TAG`]).
     epoch: Instant,
@@ -142,8 +151,8 @@ const RECORD_TAG: usize = 1 << 63;
 impl ClientContext for ProducerCtx {}
 
 impl ProducerContext for ProducerCtx {
-    /// 0: nothing to note; `p + 1`: the first chunk of partition group `p`'s snapshot;
-    /// [`RECORD_TAG`] set: a record with its receive stamp (no transactions only).
+    /// 0: nothing to note; [`RECORD_TAG`] set: a record with its receive stamp (no
+    /// transactions only).
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
@@ -152,9 +161,6 @@ impl ProducerContext for ProducerCtx {
                 let took = (self.epoch.elapsed().as_nanos() as u64).saturating_sub((tag & !RECORD_TAG) as u64);
                 self.latency.lock().expect("not poisoned").saturating_record(took / 1000);
                 self.metrics.observe_latency(Duration::from_nanos(took));
-            }
-            Ok(m) if tag > 0 => {
-                self.snapshot_offsets.lock().expect("not poisoned").insert(tag as i32 - 1, m.offset());
             }
             Ok(_) => {}
             Err((e, _)) => self.failures.lock().expect("not poisoned").push(e.to_string()),
@@ -185,7 +191,10 @@ struct Core {
     /// A transaction is open (exactly once) or something is waiting to be committed.
     in_txn: bool,
     last_commit: Instant,
-    last_snapshot: HashMap<i32, Instant>,
+    /// The config this worker runs with (applied to restored groups, SPEC 8.1).
+    processing: Processing,
+    /// Partition count of the inputs (for the routing check).
+    partitions: i32,
     records: u64,
     fatal: Option<WorkerError>,
     /// Time origin for message receive stamps (nanoseconds since `epoch`).
@@ -289,6 +298,7 @@ struct LiveOut<'a> {
     producer: &'a BaseProducer<ProducerCtx>,
     output_topic: &'a str,
     dlq_topic: &'a str,
+    shadow_topic: &'a str,
     buf: Vec<u8>,
     records: u64,
     /// Receive stamp of the message being handled (nanoseconds since the core's epoch).
@@ -347,24 +357,20 @@ impl Sink for LiveOut<'_> {
         encode_record(&record.to_record(), &mut self.buf); // TODO(codec): the view encoder
         self.buf.pop(); // no newline in a Kafka value
         let payload = std::mem::take(&mut self.buf);
-        let (topic, key) = (self.output_topic.to_string(), record.creator_id.to_string());
-        self.send(&topic, key.as_bytes(), payload, opaque);
+        // Shadow records (SPEC 8.3) go to their own topic, in the same transaction.
+        let topic = if record.shadow { self.shadow_topic } else { self.output_topic };
+        self.send(topic, record.creator_id.as_bytes(), payload, opaque);
         self.records += 1;
     }
 
     fn dead_letter(&mut self, dead_letter: DeadLetter) {
         self.dead_letters.dead_letter(&dead_letter);
         let payload = serde_json::to_vec(&dead_letter).expect("dead letters serialise");
-        let topic = self.dlq_topic.to_string();
-        self.send(&topic, b"", payload, 0);
+        self.send(self.dlq_topic, b"", payload, 0);
     }
 }
 
 impl Core {
-    fn settings(&self) -> TaskSettings {
-        TaskSettings
-    }
-
     fn ensure_txn(&mut self) -> Result<(), WorkerError> {
         if !self.in_txn {
             if self.config.kafka.exactly_once {
@@ -383,23 +389,51 @@ impl Core {
     fn restore_pending(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<(), WorkerError> {
         while let Some(p) = self.unrestored.pop_first() {
             let started = Instant::now();
+            let inputs: Vec<(String, i32)> = self.inputs.iter().map(|t| (t.clone(), p)).collect();
             let timeout = self.config.transaction_timeout.max(Duration::from_secs(60));
-            let committed = state::committed(consumer, &self.inputs, p, timeout)?;
-            let settings = self.settings();
-            let processing = Processing::from_config(&self.config);
-            let mut ctx = RestoreContext {
-                consumer: &self.restore_consumer,
-                inputs: &self.inputs,
-                state_topic: &self.config.kafka.state_topic,
-                processing: &processing,
-                settings,
-                timeout: Duration::from_secs(300),
+            let committed = state::committed(consumer, &inputs, &self.config.kafka.group_id, timeout)?;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            let part = match committed.seq {
+                Some(_) => {
+                    state::read_partition(&self.restore_consumer, &self.config.kafka.state_topic, p, deadline, &|| {
+                        false
+                    })?
+                }
+                None => state::PartitionState::default(),
             };
-            let task = ctx.restore(p, &committed)?;
+            let (read_records, read_bytes) = (part.records, part.bytes);
+            let routing = Routing { partition: p, check: Some((self.config.partitioner, self.partitions)) };
+            let (restored, ckpt_seq) = state::rebuild(
+                &self.restore_consumer,
+                part,
+                &inputs,
+                &self.inputs,
+                &committed,
+                &self.processing,
+                routing,
+                deadline,
+                &|| false,
+            )?;
+            let mut task = Task::new(routing, restored, ckpt_seq);
+            // SPEC 8.1: the state was rebuilt under the config in force when it was
+            // written; from here on this worker's config applies.
+            let changed = task.state.pipeline.processing().differences(&self.processing);
+            for (key, was, now) in &changed {
+                info!(group = p, key = %key, was = %was, now = %now, "config differs from the one this state was written under: the new value applies from now on");
+            }
+            if !changed.is_empty() {
+                task.set_processing(self.processing.clone());
+            }
+            let engine = task.state.pipeline.engine();
             info!(
                 group = p,
-                events = task.state.pipeline.engine().stats().events_in,
-                touches = task.state.pipeline.engine().live_touches(),
+                events = engine.stats().events_in,
+                touches = engine.live_touches(),
+                shoppers = engine.shoppers(),
+                seq = task.state.seq,
+                checkpoint_seq = ?task.ckpt_seq,
+                state_records = read_records,
+                state_bytes = read_bytes,
                 took_ms = started.elapsed().as_millis() as u64,
                 "partition group restored"
             );
@@ -412,7 +446,6 @@ impl Core {
                     self.ends.insert((p, i as u8), ends);
                 }
             }
-            self.last_snapshot.insert(p, Instant::now());
             self.exported.insert(p, task.state.pipeline.engine().stats().clone());
             self.tasks.insert(p, task);
         }
@@ -466,6 +499,7 @@ impl Core {
             producer,
             output_topic: &config.kafka.output_topic,
             dlq_topic: &config.kafka.dlq_topic,
+            shadow_topic: &config.kafka.shadow_topic,
             buf: Vec::new(), // most messages (touches) write nothing
             records: 0,
             received,
@@ -476,7 +510,7 @@ impl Core {
         };
         // Whole seconds: consecutive messages share a log step.
         let now = now_ms() / 1000 * 1000;
-        task.on_message(input as u8, topic, offset, payload, now, received, &mut out);
+        task.on_message(input, topic, offset, payload, now, received, &mut out);
         *records += out.records;
         last_seen.insert((p, input as u8), Instant::now());
         Ok(())
@@ -609,6 +643,7 @@ impl Core {
                 producer,
                 output_topic: &config.kafka.output_topic,
                 dlq_topic: &config.kafka.dlq_topic,
+                shadow_topic: &config.kafka.shadow_topic,
                 buf: Vec::new(),
                 records: 0,
                 received,
@@ -618,7 +653,7 @@ impl Core {
                 at_delivery: !config.kafka.exactly_once,
             };
             if let Some(task) = tasks.get_mut(&p) {
-                task.set_idle(i, &mut out);
+                task.set_idle(usize::from(i), &mut out);
             }
             *records += out.records;
         }
@@ -634,21 +669,23 @@ impl Core {
         }
         let started = Instant::now();
         let state_topic = self.config.kafka.state_topic.clone();
-        let mut snapshotted = Vec::new();
+        let mut checkpointed = Vec::new();
         for (p, task) in &mut self.tasks {
-            let key = p.to_string();
+            let mut items = Vec::new();
             if !task.log.is_empty() {
                 task.state.seq += 1;
-                let msg = StateMsg::Log { seq: task.state.seq, steps: std::mem::take(&mut task.log) };
-                send_state(&self.producer, &state_topic, *p, &key, msg.encode(), 0)?;
+                items.push(StateItem::log(task.state.seq, std::mem::take(&mut task.log)));
             }
-            let due = self.last_snapshot.get(p).is_none_or(|at| at.elapsed() >= self.config.snapshot_interval);
-            if force_snapshot || due || task.snapshot_offset.is_none() {
-                for (i, chunk) in snapshot_chunks(&task.state).into_iter().enumerate() {
-                    let tag = if i == 0 { *p as usize + 1 } else { 0 };
-                    send_state(&self.producer, &state_topic, *p, &key, chunk.encode(), tag)?;
-                }
-                snapshotted.push(*p);
+            // A group's first commit writes a checkpoint (a restore needs one); then one
+            // every snapshot_interval, holding only the shoppers changed since the last.
+            let due = force_snapshot || task.last_checkpoint.elapsed() >= self.config.snapshot_interval;
+            let behind = task.ckpt_seq != Some(task.state.seq);
+            if task.state.seq > 0 && behind && (due || task.ckpt_seq.is_none()) {
+                items.extend(checkpoint_items(&mut task.state, &self.inputs, task.ckpt_seq.unwrap_or(0)));
+                checkpointed.push((*p, task.state.seq));
+            }
+            for item in &items {
+                send_state(&self.producer, &state_topic, *p, &item.key, item.value.as_deref())?;
             }
         }
         let timeout = self.config.transaction_timeout;
@@ -657,15 +694,12 @@ impl Core {
         if let Some(first) = failures.first() {
             return Err(WorkerError::Setup(format!("{} message(s) not delivered: {first}", failures.len())));
         }
-        let offsets = std::mem::take(&mut *self.producer.context().snapshot_offsets.lock().expect("not poisoned"));
         let mut tpl = TopicPartitionList::new();
-        for (p, task) in &mut self.tasks {
-            if let Some(&o) = offsets.get(p) {
-                task.snapshot_offset = Some(o);
-                task.snapshot_seq = task.state.seq;
+        for (p, task) in &self.tasks {
+            if task.state.seq == 0 {
+                continue; // nothing processed yet
             }
-            let Some(snapshot_offset) = task.snapshot_offset else { continue };
-            let meta = CommitMeta { snapshot_offset, seq: task.state.seq }.encode();
+            let meta = CommitMeta::encode(task.state.seq);
             for (i, topic) in self.inputs.iter().enumerate() {
                 if let Some(pos) = task.state.positions[i] {
                     tpl.add_partition_offset(topic, *p, Offset::Offset(pos)).map_err(WorkerError::kafka("offsets"))?;
@@ -697,8 +731,11 @@ impl Core {
             self.latency.saturating_record(took / 1000);
             self.observe.metrics.observe_latency(Duration::from_nanos(took));
         }
-        for p in snapshotted {
-            self.last_snapshot.insert(p, Instant::now());
+        for (p, seq) in checkpointed {
+            if let Some(task) = self.tasks.get_mut(&p) {
+                task.ckpt_seq = Some(seq);
+                task.last_checkpoint = Instant::now();
+            }
         }
         Ok(())
     }
@@ -785,11 +822,13 @@ fn send_state(
     producer: &BaseProducer<ProducerCtx>,
     topic: &str,
     p: i32,
-    key: &str,
-    payload: Vec<u8>,
-    tag: usize,
+    key: &[u8],
+    value: Option<&[u8]>,
 ) -> Result<(), WorkerError> {
-    let record = BaseRecord::with_opaque_to(topic, tag).partition(p).key(key).payload(&payload);
+    let mut record = BaseRecord::with_opaque_to(topic, 0).partition(p).key(key);
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
     send_waiting(producer, record).map_err(WorkerError::kafka("writing the state topic"))
 }
 
@@ -831,9 +870,14 @@ fn prepare_topics(config: &Config) -> Result<i32, WorkerError> {
     }
     let n = counts[0];
     if counts.iter().any(|&c| c != n) {
+        let listed: Vec<String> =
+            config.kafka.input_topics.iter().zip(&counts).map(|(t, c)| format!("{t} ({c} partitions)")).collect();
         return Err(WorkerError::Setup(format!(
-            "input topics {:?} have partition counts {counts:?}: they must be co-partitioned (equal counts)",
-            config.kafka.input_topics
+            "input topics {} have different partition counts: the worker joins partition p of every input, so they \
+             must be co-partitioned by user_id with equal counts (SPEC 8.6). Re-create them with equal counts, \
+             keyed by user_id (kafka.repartition, which re-keys inputs through an internal topic, is not in this \
+             release yet) (kafka.input_topics)",
+            listed.join(", ")
         )));
     }
     let state = &config.kafka.state_topic;
@@ -843,7 +887,12 @@ fn prepare_topics(config: &Config) -> Result<i32, WorkerError> {
         let admin: AdminClient<_> = with_user_settings(client_config(config), config)
             .create()
             .map_err(WorkerError::kafka("creating an admin client"))?;
-        let topic = NewTopic::new(state, n, TopicReplication::Fixed(-1)).set("retention.ms", "604800000");
+        // Compacted: the latest record per key (shopper, group record, log entry) is the
+        // state; tombstones remove gone shoppers and covered log entries.
+        let topic = NewTopic::new(state, n, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact")
+            .set("min.cleanable.dirty.ratio", "0.1")
+            .set("segment.ms", "3600000");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -867,6 +916,38 @@ fn prepare_topics(config: &Config) -> Result<i32, WorkerError> {
     Ok(n)
 }
 
+/// Claims the lowest free slot `n` for the default transactional id `<base>-<n>` with a
+/// lock file per slot in the temp directory, so workers started on one host with the same
+/// config get distinct ids and never fence each other. A restarted worker gets its old
+/// slot back (a dead process holds no lock), so it fences its own previous incarnation;
+/// a stopped (zombie) one keeps its slot, and the consumer group's generation fences its
+/// commits instead (KIP-447: offsets are sent with the group metadata).
+fn claim_transactional_id(base: &str) -> Result<(String, std::fs::File), WorkerError> {
+    let safe: String = base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let dir = std::env::temp_dir();
+    for slot in 0..1024 {
+        let path = dir.join(format!("attrib-txn-{safe}-{slot}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| WorkerError::Setup(format!("transactional id slot lock {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {
+                let id = format!("{base}-{slot}");
+                info!(transactional_id = %id, lock = %path.display(), "claimed a transactional id slot on this host");
+                return Ok((id, file));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(WorkerError::Setup(format!("transactional id slot lock {}: {e}", path.display())))
+            }
+        }
+    }
+    Err(WorkerError::Setup("no free transactional id slot on this host (kafka.transactional_id)".into()))
+}
+
 /// Runs the worker until `shutdown` is set (then commits, leaves the group and returns).
 pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Result<(), WorkerError> {
     let observe = Observe {
@@ -881,6 +962,22 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
             Some(server)
         }
         None => None,
+    };
+    if !config.engine.shadow_models.is_empty() && config.kafka.shadow_topic.is_empty() {
+        return Err(WorkerError::Setup(
+            "attribution.shadow_models is set but kafka.shadow_topic is empty: shadow records need their own topic \
+             (kafka.shadow_topic)"
+                .into(),
+        ));
+    }
+    let mut config = config;
+    // Held for the life of the process: the kernel releases it when the process dies.
+    let _slot_lock = if config.kafka.exactly_once && config.transactional_id_auto {
+        let (id, lock) = claim_transactional_id(&config.kafka.transactional_id)?;
+        config.kafka.transactional_id = id;
+        Some(lock)
+    } else {
+        None
     };
     let partitions = prepare_topics(&config)?;
     info!(
@@ -902,7 +999,6 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     }
     let producer: BaseProducer<ProducerCtx> = with_user_settings(pc, &config)
         .create_with_context(ProducerCtx {
-            snapshot_offsets: Mutex::default(),
             failures: Mutex::default(),
             epoch,
             latency: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
@@ -920,6 +1016,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     rc.set("group.id", format!("{}-restore", config.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
     let restore_consumer: BaseConsumer =
         with_user_settings(rc, &config).create().map_err(WorkerError::kafka("creating the restore consumer"))?;
@@ -938,7 +1035,8 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         paused: BTreeSet::new(),
         in_txn: false,
         last_commit: Instant::now(),
-        last_snapshot: HashMap::new(),
+        processing: Processing::from_config(&config),
+        partitions,
         records: 0,
         fatal: None,
         epoch,
@@ -978,6 +1076,19 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     consumer.subscribe(&topics).map_err(WorkerError::kafka("subscribing"))?;
 
     let result = poll_loop(&consumer, &core, &config, &shutdown);
+    if result.is_ok() {
+        // A graceful shutdown is bounded by kafka.shutdown_timeout: past it the process
+        // exits without committing, and the next owner redoes the uncommitted part.
+        let limit = config.shutdown_timeout;
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            error!(
+                shutdown_timeout_ms = limit.as_millis() as u64,
+                "graceful shutdown took longer than kafka.shutdown_timeout: exiting without committing"
+            );
+            std::process::exit(3);
+        });
+    }
     let mut c = core.lock();
     match &result {
         Ok(()) => {

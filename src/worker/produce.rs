@@ -31,6 +31,19 @@ pub struct ProduceOptions {
     pub flush_marker: bool,
     /// Lines per second, steady; 0: as fast as possible. Flush markers are not paced.
     pub rate: u64,
+    /// The message key of purchases and refunds (touches are always keyed by `user_id`).
+    pub key: KeyBy,
+}
+
+/// How `produce` keys purchases and refunds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyBy {
+    /// By shopper: every input co-partitioned, as the worker joins them.
+    #[default]
+    UserId,
+    /// By order, as order services often do (SPEC 8.6): the worker dead-letters them as
+    /// `misrouted` unless it repartitions.
+    OrderId,
 }
 
 /// What `produce` sent.
@@ -140,7 +153,12 @@ pub fn produce(config: &Config, files: &[PathBuf], opts: &ProduceOptions) -> Res
                         EventType::Purchase => 2,
                         EventType::Refund => 3,
                     };
-                    (i, Some(event.user_id().to_string()))
+                    let key = match (&event, opts.key) {
+                        (crate::model::Event::Purchase(p), KeyBy::OrderId) => p.order_id.to_string(),
+                        (crate::model::Event::Refund(r), KeyBy::OrderId) => r.order_id.to_string(),
+                        _ => event.user_id().to_string(),
+                    };
+                    (i, Some(key))
                 }
                 Err(_) => (0, None),
             };
@@ -169,10 +187,15 @@ pub fn produce(config: &Config, files: &[PathBuf], opts: &ProduceOptions) -> Res
                 probe.fetch_metadata(Some(topic), Duration::from_secs(30)).map_err(WorkerError::kafka("metadata"))?;
             let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
             for p in 0..partitions {
+                // A shopper id that maps to partition p, so the marker is not misrouted.
+                let user = (0u32..)
+                    .map(|n| format!("attrib-flush-{n}"))
+                    .find(|u| config.partitioner.partition(u.as_bytes(), partitions) == p)
+                    .expect("some id maps to every partition");
                 let payload = format!(
-                    r#"{{"type":"view","event_id":"attrib-flush-{topic}-{p}-{ts}","ts":{ts},"user_id":"attrib-flush","creator_id":"attrib-flush"}}"#
+                    r#"{{"type":"view","event_id":"attrib-flush-{topic}-{p}-{ts}","ts":{ts},"user_id":"{user}","creator_id":"attrib-flush"}}"#
                 );
-                let record = BaseRecord::<str, str>::to(topic).partition(p).key("attrib-flush").payload(&payload);
+                let record = BaseRecord::<str, str>::to(topic).partition(p).key(&user).payload(&payload);
                 send_waiting(&producer, record).map_err(WorkerError::kafka("producing"))?;
                 result.markers += 1;
             }

@@ -1,317 +1,501 @@
-//! The state topic: snapshots and the order log of each partition group.
+//! The state topic: each partition group's incremental checkpoints and order log, on a
+//! compacted topic (partition `p` belongs to group `p`), written in the same Kafka
+//! transactions as the records and the input offsets.
 //!
-//! Partition `p` of the state topic belongs to partition group `p`. It holds, written in
-//! the same transactions as the records and the input offsets:
+//! Keys (latest value wins, as compaction keeps it):
 //!
-//! - **order-log entries** (`L`): at every commit, the [`Step`]s taken since the last
-//!   one, numbered by a sequence number;
-//! - **snapshots** (`S`): now and then, the whole [`TaskState`], CBOR-encoded and cut
-//!   into chunks.
+//! | key | value |
+//! |---|---|
+//! | `g` | [`GroupRec`]: the last checkpoint's positions, watermarks, engine globals and the config in force |
+//! | `s` + user id | one shopper's state ([`crate::engine::checkpoint`]); a tombstone once it is gone |
+//! | `l` + seq (8 bytes, big endian) | [`LogRec`]: the steps of one commit; a tombstone once a checkpoint covers it |
 //!
-//! Each committed input offset carries metadata `snap=<offset>;seq=<n>`: where the latest
-//! snapshot starts in the state partition and the last log entry committed. Restoring a
-//! group reads that snapshot, then replays the logged steps over the input messages from
-//! the snapshot's positions to the committed offsets. The engine is deterministic, so the
-//! result is exactly the state at the last commit: nothing committed is redone, nothing
-//! uncommitted is lost.
+//! A checkpoint writes only the shoppers changed since the previous one (its cost
+//! follows what changed, not the state's size), the `g` record, and tombstones for the
+//! log entries it covers, so the partition holds about one record per live shopper plus
+//! the log since the last checkpoint. Every committed input offset carries
+//! `attrib=2;seq=<n>`: the last log entry committed with it.
+//!
+//! Restoring a group reads its partition once (`read_committed`), rebuilds the engine
+//! from the latest records, then replays the log entries after the checkpoint over the
+//! input messages they name, up to the committed offsets. The engine is deterministic
+//! and the wall-clock decisions (idleness, future timestamps) and config changes are in
+//! the log, so the result is exactly the state at the last commit (SPEC 8.1).
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 
-use super::task::{Discard, SnapshotState, Step, Task, TaskSettings, TaskState};
+use super::task::{Routing, TaskState};
 use super::WorkerError;
-use crate::pipeline::Processing;
+use crate::engine::watermark::Watermarks;
+use crate::engine::{checkpoint, Engine};
+use crate::model::Millis;
+use crate::pipeline::{Discard, Pipeline, Processing};
 
-/// Largest snapshot chunk (well under the broker's default 1 MB message limit).
-pub const CHUNK_BYTES: usize = 512 * 1024;
+/// Layout of the state topic and of the commit metadata. Layout 1 (attrib 0.1: CBOR
+/// snapshots plus an order log keyed by group, metadata `snap=..;seq=..`) is refused with
+/// [`WorkerError::OldState`], never misread.
+pub const LAYOUT: u8 = 2;
 
-/// A message of the state topic.
-#[derive(Debug, PartialEq, Eq)]
-pub enum StateMsg {
-    /// Chunk `index` of `count` of the snapshot taken at log sequence `seq`.
-    Chunk { seq: u64, index: u32, count: u32, data: Vec<u8> },
-    /// Order-log entry `seq`.
-    Log { seq: u64, steps: Vec<Step> },
+/// Key of the group record.
+pub const GROUP_KEY: &[u8] = b"g";
+
+/// One step of the order log: everything that changed a group's state, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// Input `input`'s messages up to offset `until` (exclusive) were processed, with the
+    /// wall clock at `now_ms` for the future-timestamp check.
+    Advance { input: u16, until: i64, now_ms: Millis },
+    /// Input `input` went idle (no message for `idle_timeout` and nothing to read).
+    Idle { input: u16 },
+    /// The config in force changed (a restart with another config, SPEC 8.1).
+    Config(Box<Processing>),
 }
 
-impl StateMsg {
-    /// Wire form: a tag byte, the sequence number, then the body.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        match self {
-            StateMsg::Chunk { seq, index, count, data } => {
-                out.push(b'S');
-                out.extend_from_slice(&seq.to_be_bytes());
-                out.extend_from_slice(&index.to_be_bytes());
-                out.extend_from_slice(&count.to_be_bytes());
-                out.extend_from_slice(data);
-            }
-            StateMsg::Log { seq, steps } => {
-                out.push(b'L');
-                out.extend_from_slice(&seq.to_be_bytes());
-                ciborium::into_writer(steps, &mut out).expect("steps serialise into a Vec");
-            }
-        }
-        out
-    }
+/// The steps of one commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRec {
+    pub steps: Vec<Step>,
+}
 
-    /// Parses the wire form.
-    pub fn decode(bytes: &[u8]) -> Result<StateMsg, String> {
-        let seq = |b: &[u8]| -> Result<u64, String> {
-            b.get(1..9).map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes"))).ok_or("short state message".into())
-        };
-        match bytes.first() {
-            Some(b'S') => {
-                let u32_at = |at: usize| -> Result<u32, String> {
-                    bytes
-                        .get(at..at + 4)
-                        .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes")))
-                        .ok_or("short snapshot chunk".into())
-                };
-                Ok(StateMsg::Chunk {
-                    seq: seq(bytes)?,
-                    index: u32_at(9)?,
-                    count: u32_at(13)?,
-                    data: bytes[17..].to_vec(),
-                })
-            }
-            Some(b'L') => {
-                let steps = ciborium::from_reader(&bytes[9..]).map_err(|e| format!("bad order-log entry: {e}"))?;
-                Ok(StateMsg::Log { seq: seq(bytes)?, steps })
-            }
-            _ => Err("unknown state message".into()),
-        }
+/// A checkpoint's group-wide part.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupRec {
+    /// The last log entry the checkpoint includes.
+    pub ckpt_seq: u64,
+    /// The inputs, by name (a different list is a different state: refused).
+    pub inputs: Vec<String>,
+    pub positions: Vec<Option<i64>>,
+    pub watermarks: Watermarks,
+    /// The engine's global record.
+    pub globals: Vec<u8>,
+    /// The config in force at the checkpoint.
+    pub processing: Processing,
+}
+
+/// One record for the state topic: key and value (`None`: a tombstone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateItem {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+fn versioned(value: &impl Serialize) -> Vec<u8> {
+    let mut out = vec![LAYOUT];
+    out.extend(postcard::to_stdvec(value).expect("state records serialise"));
+    out
+}
+
+fn unversioned<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&LAYOUT, body)) => postcard::from_bytes(body).map_err(|e| format!("corrupt {what}: {e}")),
+        Some((&v, _)) => Err(format!("{what} has layout {v}, this release reads layout {LAYOUT}")),
+        None => Err(format!("empty {what}")),
     }
 }
 
-/// Cuts a task state into snapshot chunks.
-pub fn snapshot_chunks(state: &TaskState) -> Vec<StateMsg> {
-    let mut data = Vec::new();
-    ciborium::into_writer(&state.to_snapshot(), &mut data).expect("state serialises into a Vec");
-    let count = data.len().div_ceil(CHUNK_BYTES).max(1) as u32;
-    let chunks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(CHUNK_BYTES).collect() };
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| StateMsg::Chunk { seq: state.seq, index: i as u32, count, data: c.to_vec() })
-        .collect()
+/// The key of log entry `seq`.
+pub fn log_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![b'l'];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The key of a shopper record.
+pub fn shopper_key(user_id: &str) -> Vec<u8> {
+    let mut k = vec![b's'];
+    k.extend_from_slice(user_id.as_bytes());
+    k
+}
+
+impl StateItem {
+    /// Log entry `seq`.
+    pub fn log(seq: u64, steps: Vec<Step>) -> StateItem {
+        StateItem { key: log_key(seq), value: Some(versioned(&LogRec { steps })) }
+    }
+
+    /// The group record of a checkpoint.
+    pub fn group(rec: &GroupRec) -> StateItem {
+        StateItem { key: GROUP_KEY.to_vec(), value: Some(versioned(rec)) }
+    }
+}
+
+/// Everything a checkpoint of `state` writes: the changed shoppers, the removed ones,
+/// the group record, and tombstones for the log entries `(covered_from, ckpt_seq]`.
+pub fn checkpoint_items(state: &mut TaskState, inputs: &[String], covered_from: u64) -> Vec<StateItem> {
+    let changes = state.pipeline.engine_mut().take_changes();
+    let mut items = Vec::with_capacity(changes.upserts.len() + changes.removed.len() + 2);
+    for (user, bytes) in changes.upserts {
+        items.push(StateItem { key: shopper_key(&user), value: Some(bytes) });
+    }
+    for user in changes.removed {
+        items.push(StateItem { key: shopper_key(&user), value: None });
+    }
+    for seq in covered_from + 1..=state.seq {
+        items.push(StateItem { key: log_key(seq), value: None });
+    }
+    items.push(StateItem::group(&GroupRec {
+        ckpt_seq: state.seq,
+        inputs: inputs.to_vec(),
+        positions: state.positions.clone(),
+        watermarks: state.pipeline.watermarks().clone(),
+        globals: changes.globals,
+        processing: state.pipeline.processing().clone(),
+    }));
+    items
 }
 
 /// The commit metadata stored with every input offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CommitMeta {
-    pub snapshot_offset: i64,
-    pub seq: u64,
+pub enum CommitMeta {
+    /// This layout: the last log entry committed.
+    V2 { seq: u64 },
+    /// Layout 1 (attrib 0.1).
+    V1,
 }
 
 impl CommitMeta {
-    /// `snap=<offset>;seq=<n>`.
-    pub fn encode(&self) -> String {
-        format!("snap={};seq={}", self.snapshot_offset, self.seq)
+    /// `attrib=2;seq=<n>`.
+    pub fn encode(seq: u64) -> String {
+        format!("attrib={LAYOUT};seq={seq}")
     }
 
-    /// Parses [`CommitMeta::encode`]'s form.
+    /// Parses the metadata; `None` when it is not attrib's.
     pub fn parse(s: &str) -> Option<CommitMeta> {
-        let mut snap = None;
+        let mut layout = None;
         let mut seq = None;
+        let mut snap = false;
         for part in s.split(';') {
             match part.split_once('=') {
-                Some(("snap", v)) => snap = v.parse().ok(),
+                Some(("attrib", v)) => layout = v.parse::<u8>().ok(),
                 Some(("seq", v)) => seq = v.parse().ok(),
+                Some(("snap", _)) => snap = true,
                 _ => {}
             }
         }
-        Some(CommitMeta { snapshot_offset: snap?, seq: seq? })
+        match (layout, seq) {
+            (Some(LAYOUT), Some(seq)) => Some(CommitMeta::V2 { seq }),
+            (None, Some(_)) if snap => Some(CommitMeta::V1),
+            _ => None,
+        }
     }
 }
 
-/// What the group's committed offsets say.
+/// What the group's committed offsets say about one partition group.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
     /// Committed offset per input (`None`: never committed).
     pub offsets: Vec<Option<i64>>,
-    /// The newest metadata among them.
-    pub meta: Option<CommitMeta>,
+    /// The last log entry committed (`None`: nothing committed by attrib yet).
+    pub seq: Option<u64>,
 }
 
-/// Reads the committed offsets of partition `p` of every input topic.
+/// Reads the committed offsets of group `p`'s inputs (`(topic, partition)` each).
+///
+/// An offset fetch answers `UNSTABLE_OFFSET_COMMIT` while a transaction that commits
+/// offsets is still open (a dead peer's, until the coordinator aborts it): that is
+/// retried until `timeout`, as any other retriable error.
 pub fn committed(
-    consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
-    inputs: &[String],
-    p: i32,
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    inputs: &[(String, i32)],
+    group: &str,
     timeout: Duration,
 ) -> Result<Committed, WorkerError> {
     let mut tpl = TopicPartitionList::new();
-    for t in inputs {
-        tpl.add_partition(t, p);
+    for (t, p) in inputs {
+        tpl.add_partition(t, *p);
     }
-    let tpl = consumer.committed_offsets(tpl, timeout).map_err(WorkerError::kafka("reading committed offsets"))?;
+    let deadline = Instant::now() + timeout;
+    let tpl = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(tpl) => break tpl,
+            Err(e) if Instant::now() < deadline && !super::is_fatal(&e) => {
+                tracing::debug!(error = %e, "reading committed offsets: retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(WorkerError::kafka("reading committed offsets")(e)),
+        }
+    };
     let mut offsets = Vec::with_capacity(inputs.len());
-    let mut meta: Option<CommitMeta> = None;
-    for t in inputs {
-        let elem = tpl.find_partition(t, p);
+    let mut seq: Option<u64> = None;
+    for (t, p) in inputs {
+        let elem = tpl.find_partition(t, *p);
         let offset = elem.as_ref().and_then(|e| match e.offset() {
             Offset::Offset(o) => Some(o),
             _ => None,
         });
         if offset.is_some() {
-            if let Some(m) = elem.as_ref().and_then(|e| CommitMeta::parse(e.metadata())) {
-                if meta.is_none_or(|old| m.seq > old.seq) {
-                    meta = Some(m);
+            match elem.as_ref().and_then(|e| CommitMeta::parse(e.metadata())) {
+                Some(CommitMeta::V2 { seq: s }) => seq = Some(seq.map_or(s, |old: u64| old.max(s))),
+                Some(CommitMeta::V1) => {
+                    return Err(WorkerError::OldState(format!(
+                        "the offsets of consumer group {group:?} on {t}[{p}] were committed by an older attrib (state \
+                         layout 1: whole snapshots and an order log); this release keeps state in layout {LAYOUT} and \
+                         cannot read that state. Finish the old deployment's backlog with the old release, then start \
+                         this one on a new kafka.group_id and kafka.state_topic (set kafka.group_id and the consumer \
+                         group's offsets to where the old one stopped), or replay history into an empty group"
+                    )))
                 }
+                None => {}
             }
         }
         offsets.push(offset);
     }
-    Ok(Committed { offsets, meta })
+    Ok(Committed { offsets, seq })
 }
 
-/// Everything a restore needs.
-pub struct RestoreContext<'a, C: rdkafka::consumer::ConsumerContext> {
-    /// A group-less consumer (read_committed) used only for restoring.
-    pub consumer: &'a BaseConsumer<C>,
-    pub inputs: &'a [String],
-    pub state_topic: &'a str,
-    pub processing: &'a Processing,
-    pub settings: TaskSettings,
-    pub timeout: Duration,
+/// The latest committed record of every key of one state partition.
+#[derive(Default)]
+pub struct PartitionState {
+    pub group: Option<GroupRec>,
+    pub shoppers: HashMap<Vec<u8>, Vec<u8>>,
+    pub log: HashMap<u64, Vec<Step>>,
+    /// Records read (compaction not yet done counts double).
+    pub records: u64,
+    pub bytes: u64,
 }
 
-impl<C: rdkafka::consumer::ConsumerContext> RestoreContext<'_, C> {
-    /// Rebuilds partition group `p` to the state of its last commit.
-    pub fn restore(&mut self, p: i32, committed: &Committed) -> Result<Task, WorkerError> {
-        let Some(meta) = committed.meta else {
-            // Never committed: start empty from the earliest offsets.
-            let state = TaskState::new(self.processing.clone(), self.inputs.len());
-            return Ok(Task::new(p, state, self.settings.clone()));
-        };
-        let (state, steps) = self.read_state(p, meta)?;
-        let snapshot_seq = state.seq;
-        let mut task = Task::new(p, state, self.settings.clone());
-        task.snapshot_offset = Some(meta.snapshot_offset);
-        task.snapshot_seq = snapshot_seq;
-        self.replay_steps(&mut task, steps)?;
-        task.state.seq = meta.seq;
-        task.log.clear();
-        for (i, (have, want)) in task.state.positions.iter().zip(&committed.offsets).enumerate() {
-            if want.is_some() && have != want {
-                return Err(WorkerError::Restore(format!(
-                    "partition {p} of {}: replay ended at {have:?}, committed offset is {want:?}",
-                    self.inputs[i]
-                )));
-            }
+/// Reads state partition `p` from its beginning to its end (`read_committed`: the last
+/// stable offset), keeping the latest record per key.
+pub fn read_partition(
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    topic: &str,
+    p: i32,
+    deadline: Instant,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<PartitionState, WorkerError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(WorkerError::kafka("seeking the state topic"))?;
+    consumer.assign(&tpl).map_err(WorkerError::kafka("assigning the state topic"))?;
+    let mut out = PartitionState::default();
+    let restore_err = |m: String| WorkerError::Restore(format!("state partition {topic}[{p}]: {m}"));
+    loop {
+        if Instant::now() > deadline {
+            return Err(restore_err("timed out reading".into()));
         }
-        Ok(task)
-    }
-
-    /// The snapshot at `meta.snapshot_offset` and the log entries after it up to `meta.seq`.
-    fn read_state(&mut self, p: i32, meta: CommitMeta) -> Result<(TaskState, Vec<Step>), WorkerError> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(self.state_topic, p, Offset::Offset(meta.snapshot_offset))
-            .map_err(WorkerError::kafka("seeking the state topic"))?;
-        self.consumer.assign(&tpl).map_err(WorkerError::kafka("assigning the state topic"))?;
-        let mut data = Vec::new();
-        let mut snapshot: Option<TaskState> = None;
-        let mut steps = Vec::new();
-        let deadline = Instant::now() + self.timeout;
-        let mut seq = None;
-        loop {
-            if let Some(s) = &snapshot {
-                if seq.unwrap_or(s.seq) >= meta.seq {
-                    break;
+        if cancelled() {
+            return Err(WorkerError::Cancelled);
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(_)) => break,
+            Err(e) if !super::is_fatal(&e) => {
+                tracing::debug!(error = %e, "reading the state topic: retrying");
+                continue;
+            }
+            Err(e) => return Err(WorkerError::kafka("reading the state topic")(e)),
+        };
+        out.records += 1;
+        let key = msg.key().unwrap_or_default();
+        let value = msg.payload();
+        out.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+        match key.first() {
+            Some(b'g') => {
+                let v = value.ok_or_else(|| restore_err("a tombstone for the group record".into()))?;
+                out.group = Some(unversioned(v, "group record").map_err(restore_err)?);
+            }
+            Some(b's') => match value {
+                Some(v) => {
+                    out.shoppers.insert(key.to_vec(), v.to_vec());
+                }
+                None => {
+                    out.shoppers.remove(key);
+                }
+            },
+            Some(b'l') if key.len() == 9 => {
+                let seq = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
+                match value {
+                    Some(v) => {
+                        let rec: LogRec = unversioned(v, "order-log entry").map_err(restore_err)?;
+                        out.log.insert(seq, rec.steps);
+                    }
+                    None => {
+                        out.log.remove(&seq);
+                    }
                 }
             }
-            if Instant::now() > deadline {
-                return Err(WorkerError::Restore(format!("timed out reading state partition {p}")));
+            Some(b'S' | b'L') => {
+                return Err(WorkerError::OldState(format!(
+                    "state topic {topic} holds state written by an older attrib (layout 1); this release reads \
+                     layout {LAYOUT}: use a new kafka.state_topic and kafka.group_id"
+                )))
             }
-            let Some(msg) = self.consumer.poll(Duration::from_millis(100)) else { continue };
-            let msg = msg.map_err(WorkerError::kafka("reading the state topic"))?;
-            let decoded = StateMsg::decode(msg.payload().unwrap_or_default()).map_err(WorkerError::Restore)?;
-            match decoded {
-                StateMsg::Chunk { index, count, data: d, .. } if snapshot.is_none() => {
-                    if index as usize * CHUNK_BYTES != data.len() {
+            _ => return Err(restore_err(format!("unknown key {:?}", String::from_utf8_lossy(key)))),
+        }
+    }
+    consumer.unassign().map_err(WorkerError::kafka("releasing the state topic"))?;
+    Ok(out)
+}
+
+/// Rebuilds a group's state from what its state partition holds, then replays the log
+/// entries after the checkpoint (up to `committed.seq`) over the inputs, read with
+/// `consumer` from the checkpoint's positions to the committed offsets. `current`: the
+/// config this worker runs with (used as is when the group has no state yet).
+#[allow(clippy::too_many_arguments)]
+pub fn rebuild(
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    part: PartitionState,
+    inputs: &[(String, i32)],
+    names: &[String],
+    committed: &Committed,
+    current: &Processing,
+    routing: Routing,
+    deadline: Instant,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(TaskState, Option<u64>), WorkerError> {
+    let p = inputs.first().map_or(0, |i| i.1);
+    let err = |m: String| WorkerError::Restore(format!("partition group {p}: {m}"));
+    let Some(seq) = committed.seq else {
+        // Nothing committed by attrib: start empty, reading from the committed offsets
+        // (if another tool set them) or the beginning.
+        let mut state = TaskState::new(current.clone(), inputs.len());
+        state.pipeline.engine_mut().track_changes(true);
+        state.positions = committed.offsets.clone();
+        return Ok((state, None));
+    };
+    let g = part.group.ok_or_else(|| err(format!("offsets committed up to log entry {seq} but no checkpoint")))?;
+    if g.inputs != names {
+        return Err(WorkerError::Setup(format!(
+            "partition group {p} was written for inputs {:?}, this worker reads {names:?} (kafka.input_topics \
+             changed: use a new kafka.group_id and kafka.state_topic)",
+            g.inputs
+        )));
+    }
+    let engine = Engine::restore(g.processing.engine.clone(), &g.globals, part.shoppers.values().map(Vec::as_slice))
+        .map_err(|e| match e {
+            checkpoint::CheckpointError::Layout { found } => WorkerError::OldState(format!(
+                "partition group {p}: a shopper record has layout {found}, this release reads {}",
+                checkpoint::LAYOUT
+            )),
+            other => err(other.to_string()),
+        })?;
+    let mut engine = engine;
+    // What the checkpoint holds is on the topic already: only later changes are written.
+    engine.track_changes(true);
+    let mut state = TaskState {
+        pipeline: Pipeline::from_parts(g.processing.clone(), engine, g.watermarks),
+        positions: g.positions,
+        seq: g.ckpt_seq,
+    };
+    // Without transactions (at least once) a checkpoint or log entries may have been
+    // written after the last offset commit (their records were delivered before them): the
+    // state then continues from them, so it matches what was written.
+    let mut seq = seq.max(g.ckpt_seq);
+    while part.log.contains_key(&(seq + 1)) {
+        seq += 1;
+    }
+    let mut steps = Vec::new();
+    for s in g.ckpt_seq + 1..=seq {
+        let entry = part.log.get(&s).ok_or_else(|| err(format!("order-log entry {s} of {seq} is missing")))?;
+        steps.extend(entry.iter().cloned());
+    }
+    replay_steps(consumer, &mut state, inputs, routing, steps, deadline, cancelled)?;
+    state.seq = seq;
+    for (i, (have, want)) in state.positions.iter().zip(&committed.offsets).enumerate() {
+        if want.is_some() && have < want {
+            return Err(err(format!(
+                "{}[{}]: the rebuilt state ends at {have:?}, the committed offset is {want:?}",
+                inputs[i].0, inputs[i].1
+            )));
+        }
+    }
+    Ok((state, Some(g.ckpt_seq)))
+}
+
+/// Re-runs logged steps over the input messages they name, writing nothing.
+fn replay_steps(
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    state: &mut TaskState,
+    inputs: &[(String, i32)],
+    routing: Routing,
+    steps: Vec<Step>,
+    deadline: Instant,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(), WorkerError> {
+    if !steps.iter().any(|s| matches!(s, Step::Advance { .. })) {
+        for step in steps {
+            apply_control(state, step);
+        }
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (i, (t, p)) in inputs.iter().enumerate() {
+        let from = state.positions[i].map_or(Offset::Beginning, Offset::Offset);
+        tpl.add_partition_offset(t, *p, from).map_err(WorkerError::kafka("seeking an input"))?;
+    }
+    consumer.assign(&tpl).map_err(WorkerError::kafka("assigning inputs for restore"))?;
+    let mut buffered: Vec<std::collections::VecDeque<(i64, Vec<u8>)>> = vec![Default::default(); inputs.len()];
+    let index: HashMap<(&str, i32), usize> =
+        inputs.iter().enumerate().map(|(i, (t, p))| ((t.as_str(), *p), i)).collect();
+    for step in steps {
+        let Step::Advance { input, until, now_ms } = step else {
+            apply_control(state, step);
+            continue;
+        };
+        let i = usize::from(input);
+        loop {
+            match buffered[i].front() {
+                Some((offset, _)) if *offset < until => {
+                    let (offset, payload) = buffered[i].pop_front().expect("front exists");
+                    state.on_message(i, &inputs[i].0, routing, offset, &payload, now_ms, 0, &mut Discard);
+                    if offset + 1 >= until {
+                        break;
+                    }
+                }
+                Some(_) => break,
+                None => {
+                    if state.positions[i].is_some_and(|pos| pos >= until) {
+                        break;
+                    }
+                    if Instant::now() > deadline {
                         return Err(WorkerError::Restore(format!(
-                            "snapshot chunk {index} out of order in partition {p}"
+                            "timed out replaying {}[{}] up to {until}",
+                            inputs[i].0, inputs[i].1
                         )));
                     }
-                    data.extend_from_slice(&d);
-                    if index + 1 == count {
-                        let snap: SnapshotState = ciborium::from_reader(&data[..])
-                            .map_err(|e| WorkerError::Restore(format!("bad snapshot in partition {p}: {e}")))?;
-                        let state = TaskState::from_snapshot(self.processing.clone(), snap)
-                            .map_err(|e| WorkerError::Restore(format!("snapshot in partition {p}: {e}")))?;
-                        snapshot = Some(state);
+                    if cancelled() {
+                        return Err(WorkerError::Cancelled);
                     }
-                }
-                StateMsg::Chunk { .. } => {} // a later snapshot; its log entries follow anyway
-                StateMsg::Log { seq: s, steps: st } => {
-                    if let Some(snap) = &snapshot {
-                        if s > snap.seq && s <= meta.seq {
-                            steps.extend(st);
-                            seq = Some(s);
+                    match consumer.poll(Duration::from_millis(100)) {
+                        None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+                        Some(Err(e)) if !super::is_fatal(&e) => tracing::debug!(error = %e, "restore read: retrying"),
+                        Some(Err(e)) => return Err(WorkerError::kafka("reading inputs for restore")(e)),
+                        Some(Ok(msg)) => {
+                            if let Some(&j) = index.get(&(msg.topic(), msg.partition())) {
+                                buffered[j].push_back((msg.offset(), msg.payload().unwrap_or_default().to_vec()));
+                            }
                         }
                     }
                 }
             }
         }
-        self.consumer.unassign().map_err(WorkerError::kafka("releasing the state topic"))?;
-        Ok((snapshot.expect("loop ends with a snapshot"), steps))
+        // Offsets may have gaps (transaction markers, compaction): the step ends there.
+        state.positions[i] = Some(state.positions[i].map_or(until, |p| p.max(until)));
     }
+    consumer.unassign().map_err(WorkerError::kafka("releasing inputs"))?;
+    Ok(())
+}
 
-    /// Re-runs the logged steps over the input messages they name, discarding output.
-    fn replay_steps(&mut self, task: &mut Task, steps: Vec<Step>) -> Result<(), WorkerError> {
-        if steps.is_empty() {
-            return Ok(());
-        }
-        let p = task.partition;
-        let mut tpl = TopicPartitionList::new();
-        for (i, t) in self.inputs.iter().enumerate() {
-            let from = task.state.positions[i].map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(t, p, from).map_err(WorkerError::kafka("seeking an input"))?;
-        }
-        self.consumer.assign(&tpl).map_err(WorkerError::kafka("assigning inputs for restore"))?;
-        let mut buffered: Vec<VecDeque<(i64, Vec<u8>)>> = vec![VecDeque::new(); self.inputs.len()];
-        let deadline = Instant::now() + self.timeout;
-        for step in steps {
-            match step {
-                Step::Idle { input } => task.set_idle(input, &mut Discard),
-                Step::Advance { input, until, now_ms } => {
-                    let i = usize::from(input);
-                    loop {
-                        match buffered[i].front() {
-                            Some((offset, _)) if *offset < until => {
-                                let (offset, payload) = buffered[i].pop_front().expect("front exists");
-                                let topic = self.inputs[i].clone();
-                                task.on_message(input, &topic, offset, &payload, now_ms, 0, &mut Discard);
-                                if offset + 1 == until {
-                                    break;
-                                }
-                            }
-                            Some(_) => break,
-                            None => {
-                                if Instant::now() > deadline {
-                                    return Err(WorkerError::Restore(format!("timed out replaying partition {p}")));
-                                }
-                                if let Some(msg) = self.consumer.poll(Duration::from_millis(100)) {
-                                    let msg = msg.map_err(WorkerError::kafka("reading inputs for restore"))?;
-                                    if let Some(j) = self.inputs.iter().position(|t| t == msg.topic()) {
-                                        buffered[j]
-                                            .push_back((msg.offset(), msg.payload().unwrap_or_default().to_vec()));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        task.log.clear();
-        self.consumer.unassign().map_err(WorkerError::kafka("releasing inputs"))?;
-        Ok(())
+/// Applies a step that reads no input.
+fn apply_control(state: &mut TaskState, step: Step) {
+    match step {
+        Step::Idle { input } => state.pipeline.set_idle(usize::from(input), true, &mut Discard),
+        Step::Config(p) => state.pipeline.set_processing(*p),
+        Step::Advance { .. } => unreachable!("handled by the caller"),
     }
+}
+
+/// Whether a Kafka error while reading is the end of a partition.
+pub fn is_eof(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::PartitionEOF(_)) || e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
 }
 
 #[cfg(test)]
@@ -319,39 +503,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_messages_round_trip() {
-        let log = StateMsg::Log {
-            seq: 7,
-            steps: vec![Step::Advance { input: 1, until: 42, now_ms: 1000 }, Step::Idle { input: 3 }],
-        };
-        assert_eq!(StateMsg::decode(&log.encode()).unwrap(), log);
-        let chunk = StateMsg::Chunk { seq: 3, index: 1, count: 2, data: vec![1, 2, 3] };
-        assert_eq!(StateMsg::decode(&chunk.encode()).unwrap(), chunk);
-        assert!(StateMsg::decode(b"X").is_err());
-    }
-
-    #[test]
-    fn commit_meta_round_trips() {
-        let m = CommitMeta { snapshot_offset: 12, seq: 99 };
-        assert_eq!(CommitMeta::parse(&m.encode()), Some(m));
+    fn commit_meta_round_trips_and_recognises_the_old_layout() {
+        assert_eq!(CommitMeta::parse(&CommitMeta::encode(99)), Some(CommitMeta::V2 { seq: 99 }));
+        assert_eq!(CommitMeta::parse("snap=12;seq=3"), Some(CommitMeta::V1));
         assert_eq!(CommitMeta::parse(""), None);
+        assert_eq!(CommitMeta::parse("attrib=3;seq=1"), None);
     }
 
     #[test]
-    fn snapshots_round_trip_through_chunks() {
-        let mut state = TaskState::new(Processing::default(), 4);
-        state.positions = vec![Some(3), None, Some(0), Some(10)];
+    fn records_round_trip_and_refuse_other_layouts() {
+        let item =
+            StateItem::log(7, vec![Step::Advance { input: 1, until: 42, now_ms: 1000 }, Step::Idle { input: 3 }]);
+        assert_eq!(item.key, log_key(7));
+        let rec: LogRec = unversioned(item.value.as_ref().unwrap(), "log").unwrap();
+        assert_eq!(rec.steps.len(), 2);
+        let mut old = item.value.unwrap();
+        old[0] = 1;
+        assert!(unversioned::<LogRec>(&old, "log").unwrap_err().contains("layout 1"));
+    }
+
+    #[test]
+    fn a_checkpoint_tombstones_the_log_it_covers() {
+        let mut state = TaskState::new(Processing::default(), 2);
+        state.pipeline.engine_mut().track_changes(true);
         state.seq = 5;
-        let chunks = snapshot_chunks(&state);
-        let mut data = Vec::new();
-        for c in chunks {
-            let StateMsg::Chunk { data: d, .. } = StateMsg::decode(&c.encode()).unwrap() else { panic!() };
-            data.extend(d);
-        }
-        let back: SnapshotState = ciborium::from_reader(&data[..]).unwrap();
-        let back = TaskState::from_snapshot(Processing::default(), back).unwrap();
-        assert_eq!(back.positions, state.positions);
-        assert_eq!(back.seq, 5);
-        assert_eq!(back.pipeline.watermarks(), state.pipeline.watermarks());
+        let items = checkpoint_items(&mut state, &["a".into(), "b".into()], 3);
+        let keys: Vec<&[u8]> = items.iter().map(|i| i.key.as_slice()).collect();
+        assert_eq!(keys, [log_key(4).as_slice(), log_key(5).as_slice(), GROUP_KEY]);
+        let g: GroupRec = unversioned(items[2].value.as_ref().unwrap(), "g").unwrap();
+        assert_eq!((g.ckpt_seq, g.inputs.len()), (5, 2));
     }
 }
