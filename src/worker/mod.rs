@@ -173,7 +173,7 @@ struct Core {
     config: Config,
     inputs: Vec<String>,
     producer: BaseProducer<ProducerCtx>,
-    restore_consumer: BaseConsumer,
+    restore_consumer: BaseConsumer<RestoreCtx>,
     tasks: HashMap<i32, Task>,
     /// Last message time per (group, input), for idleness.
     last_seen: HashMap<(i32, u8), Instant>,
@@ -190,6 +190,8 @@ struct Core {
     paused: BTreeSet<(i32, u8)>,
     /// A transaction is open (exactly once) or something is waiting to be committed.
     in_txn: bool,
+    /// An abort did not finish (timed out): it is retried before the next transaction.
+    abort_pending: bool,
     last_commit: Instant,
     /// The config this worker runs with (applied to restored groups, SPEC 8.1).
     processing: Processing,
@@ -227,6 +229,20 @@ struct Core {
     commits: u64,
     wait_time: Duration,
 }
+
+/// The restore consumer's context: reaching the end of a partition is how a restore
+/// knows it has read everything (`enable.partition.eof`), not an error to log.
+struct RestoreCtx;
+
+impl ClientContext for RestoreCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !state::is_eof(&error) {
+            error!(error = %error, reason, "librdkafka error (restore consumer)");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for RestoreCtx {}
 
 /// The consumer's context: hands rebalances to the core.
 struct ConsumerCtx {
@@ -374,6 +390,13 @@ impl Core {
     fn ensure_txn(&mut self) -> Result<(), WorkerError> {
         if !self.in_txn {
             if self.config.kafka.exactly_once {
+                if self.abort_pending {
+                    // A previous abort timed out: librdkafka wants it called again first.
+                    self.producer
+                        .abort_transaction(self.config.transaction_timeout)
+                        .map_err(WorkerError::kafka("finishing an earlier abort"))?;
+                    self.abort_pending = false;
+                }
                 self.producer.begin_transaction().map_err(WorkerError::kafka("beginning a transaction"))?;
             }
             self.in_txn = true;
@@ -747,11 +770,17 @@ impl Core {
         if self.in_txn {
             self.observe.metrics.transaction_aborted();
         }
-        if self.in_txn && self.config.kafka.exactly_once {
-            if let Err(e) = self.producer.abort_transaction(self.config.transaction_timeout) {
-                error!(error = %e, "aborting the transaction failed");
-                if is_fatal(&e) {
-                    self.fatal = Some(WorkerError::Kafka { context: "aborting", source: e });
+        if (self.in_txn || self.abort_pending) && self.config.kafka.exactly_once {
+            match self.producer.abort_transaction(self.config.transaction_timeout) {
+                Ok(()) => self.abort_pending = false,
+                Err(e) => {
+                    error!(error = %e, "aborting the transaction failed");
+                    if is_fatal(&e) {
+                        self.fatal = Some(WorkerError::Kafka { context: "aborting", source: e });
+                    } else {
+                        // Retried before the next transaction begins.
+                        self.abort_pending = true;
+                    }
                 }
             }
         }
@@ -1018,8 +1047,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
-    let restore_consumer: BaseConsumer =
-        with_user_settings(rc, &config).create().map_err(WorkerError::kafka("creating the restore consumer"))?;
+    let restore_consumer: BaseConsumer<RestoreCtx> = with_user_settings(rc, &config)
+        .create_with_context(RestoreCtx)
+        .map_err(WorkerError::kafka("creating the restore consumer"))?;
 
     let core = Arc::new(parking_lot::Mutex::new(Core {
         inputs: config.kafka.input_topics.clone(),
@@ -1034,6 +1064,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         read_ahead_now: config.read_ahead,
         paused: BTreeSet::new(),
         in_txn: false,
+        abort_pending: false,
         last_commit: Instant::now(),
         processing: Processing::from_config(&config),
         partitions,

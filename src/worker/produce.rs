@@ -37,6 +37,7 @@ pub struct ProduceOptions {
 
 /// How `produce` keys purchases and refunds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub enum KeyBy {
     /// By shopper: every input co-partitioned, as the worker joins them.
     #[default]

@@ -42,7 +42,9 @@ fn a_changed_commission_plan_applies_after_a_restart_and_reversals_keep_their_ra
     // 200 click+purchase pairs paid at 1000 bps; an hour later in event time 200 more,
     // and refunds of 20 of the first orders, with the worker restarted at 2000 bps.
     let env = Env::new("cfg", workload(111));
-    let t0: i64 = 1_800_000_000_000;
+    // Two days ago: event times must not run ahead of the clock (time.max_future_skew).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let t0: i64 = now - 2 * 86_400_000;
     let pairs = |from: usize, at: i64| -> String {
         let mut s = String::new();
         for i in from..from + 200 {
@@ -241,6 +243,16 @@ fn inputs_with_different_partition_counts_are_refused_naming_them() {
     let env = Env::new("counts", workload(444));
     let purchases3 = env.topic("purchases3");
     create_topic(&purchases3, 3);
+    // A new topic reaches every client's metadata a moment after it is created.
+    let probe: BaseConsumer = client().create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe
+        .fetch_metadata(Some(&purchases3), Duration::from_secs(5))
+        .map_or(true, |md| md.topics().first().is_none_or(|t| t.error().is_some() || t.partitions().len() != 3))
+    {
+        assert!(Instant::now() < deadline, "{purchases3} never appeared in the metadata");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let inputs = format!("[{},{},{purchases3},{}]", env.topic("views"), env.topic("clicks"), env.topic("refunds"));
     let started = Instant::now();
     let w = env.start_worker_with("w1", &[("ATTRIB__KAFKA__INPUT_TOPICS", inputs.as_str())], &[]);

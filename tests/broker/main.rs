@@ -181,9 +181,13 @@ impl Env {
             if path.extension().is_some_and(|e| e == "log") {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
+                // The first warnings say what went wrong; the tail says where it ended.
+                let warnings: Vec<&str> =
+                    lines.iter().copied().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).take(10).collect();
                 out.push_str(&format!(
-                    "--- {}\n{}\n",
+                    "--- {} (first warnings)\n{}\n--- (last lines)\n{}\n",
                     path.display(),
+                    warnings.join("\n"),
                     lines[lines.len().saturating_sub(30)..].join("\n")
                 ));
             }
