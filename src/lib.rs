@@ -13,6 +13,8 @@
 //!   attribution models, money, commission plan, order ledger. No I/O, no clock.
 //! - [`config`]: TOML + environment into a checked [`config::Config`].
 //! - [`replay`]: the local driver: JSONL files side by side through one engine.
+//! - [`restate`]: restatement (SPEC 8.5): two configs over the same events in one pass,
+//!   adjustment records for what differs.
 //! - [`gen`]: the seeded synthetic workload.
 //! - [`worker`]: the Kafka streaming worker (`attrib run`): consumer group, transactions,
 //!   state rebuilt from snapshots and an order log; and `attrib produce`.
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod replay;
+pub mod restate;
 pub mod routing;
 #[cfg(feature = "kafka")]
 pub mod worker;

@@ -222,6 +222,7 @@ impl Pipeline {
     /// ours): it still moves the shared event time.
     #[inline]
     pub fn observe_only<S: Sink + ?Sized>(&mut self, input: usize, ts: Millis, sink: &mut S) {
+        self.engine.observe_ts(ts);
         self.watermarks.observe(input, ts);
         self.advance(sink);
     }

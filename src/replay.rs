@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 
 use crate::codec::encode_record;
 use crate::config::Config;
+use crate::engine::watermark::Watermarks;
 use crate::engine::{Engine, Stats, UnitKey};
 use crate::model::{DeadLetter, Record, RecordView, SourcePos};
 use crate::pipeline::{Pipeline, Processing, Sink};
@@ -218,6 +219,51 @@ struct Reader<R> {
     line_no: u64,
 }
 
+/// The inputs of a replay, read side by side: the next line always comes from the
+/// unfinished input furthest behind in event time (lowest index on ties). Shared by
+/// replay and `restate`, which feeds each line to two pipelines.
+pub(crate) struct Lines<R> {
+    readers: Vec<Reader<R>>,
+    line: Vec<u8>,
+}
+
+/// What [`Lines::next`] read.
+pub(crate) enum Step<'a> {
+    /// Input `input` has ended.
+    End(usize),
+    /// One line of input `input` (without its line break; may be blank), `bytes` long
+    /// with the break.
+    Line { input: usize, raw: &'a [u8], name: &'a str, line_no: u64, bytes: usize },
+}
+
+impl<R: BufRead> Lines<R> {
+    pub fn new(inputs: Vec<Input<R>>) -> Self {
+        let readers = inputs.into_iter().map(|i| Reader { name: i.name, reader: i.reader, line_no: 0 }).collect();
+        Lines { readers, line: Vec::with_capacity(4096) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.readers.len()
+    }
+
+    /// The next line, picked by the inputs' `watermarks`; `None` once every input ended.
+    pub fn next(&mut self, watermarks: &Watermarks) -> io::Result<Option<Step<'_>>> {
+        let Some(i) =
+            (0..self.readers.len()).filter(|&i| !watermarks.is_finished(i)).min_by_key(|&i| watermarks.max_ts(i))
+        else {
+            return Ok(None);
+        };
+        let r = &mut self.readers[i];
+        self.line.clear();
+        let n = r.reader.read_until(b'\n', &mut self.line)?;
+        if n == 0 {
+            return Ok(Some(Step::End(i)));
+        }
+        r.line_no += 1;
+        Ok(Some(Step::Line { input: i, raw: trim_line(&self.line), name: &r.name, line_no: r.line_no, bytes: n }))
+    }
+}
+
 /// Replays the inputs through one engine into `sink`.
 pub fn replay<R: BufRead, S: ReplaySink + ?Sized>(
     config: &Config,
@@ -241,40 +287,36 @@ pub fn replay_observed<R: BufRead, S: ReplaySink + ?Sized>(
     let start = Instant::now();
     let (mut peak_live_touches, mut peak_pending, mut lines) = (0, 0, 0u64);
     let mut pipeline = Pipeline::new(Processing::from_config(config), inputs.len());
-    let mut readers: Vec<Reader<R>> =
-        inputs.into_iter().map(|i| Reader { name: i.name, reader: i.reader, line_no: 0 }).collect();
+    let mut lines_in = Lines::new(inputs);
     let mut out = Timed::new(sink, start);
-    let mut line = Vec::with_capacity(4096);
     let mut bytes_read = 0u64;
-    let finished = |p: &Pipeline, i: usize| p.watermarks().is_finished(i);
-    // The unfinished input furthest behind in event time goes next (lowest index on ties).
-    while let Some(i) =
-        (0..readers.len()).filter(|&i| !finished(&pipeline, i)).min_by_key(|&i| pipeline.watermarks().max_ts(i))
-    {
-        let r = &mut readers[i];
-        line.clear();
-        let n = r.reader.read_until(b'\n', &mut line)?;
-        if n == 0 {
-            pipeline.finish_input(i, &mut out);
-        } else {
-            bytes_read += n as u64;
-            r.line_no += 1;
-            lines += 1;
-            if lines % OBSERVE_EVERY == 0 {
-                peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
-                peak_pending = peak_pending.max(pipeline.engine().pending());
-                observer.observe(bytes_read, pipeline.engine());
-                if let Some(e) = out.sink.take_error() {
-                    return Err(e);
+    while let Some(step) = lines_in.next(pipeline.watermarks())? {
+        match step {
+            Step::End(i) => pipeline.finish_input(i, &mut out),
+            Step::Line { input: i, raw, name, line_no, bytes } => {
+                bytes_read += bytes as u64;
+                lines += 1;
+                if lines % OBSERVE_EVERY == 0 {
+                    peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
+                    peak_pending = peak_pending.max(pipeline.engine().pending());
+                    observer.observe(bytes_read, pipeline.engine());
+                    if let Some(e) = out.sink.take_error() {
+                        return Err(e);
+                    }
                 }
+                if raw.iter().all(u8::is_ascii_whitespace) {
+                    continue; // a blank line is not an event
+                }
+                let tag = start.elapsed().as_nanos() as u64;
+                pipeline.on_message(
+                    i,
+                    raw,
+                    || SourcePos::File { file: name.to_string(), line: line_no },
+                    None,
+                    tag,
+                    &mut out,
+                );
             }
-            let raw = trim_line(&line);
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue; // a blank line is not an event
-            }
-            let tag = start.elapsed().as_nanos() as u64;
-            let (name, line_no) = (&r.name, r.line_no);
-            pipeline.on_message(i, raw, || SourcePos::File { file: name.clone(), line: line_no }, None, tag, &mut out);
         }
     }
     peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());

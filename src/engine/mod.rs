@@ -424,6 +424,13 @@ impl Engine {
         surface.and_then(|s| self.surfaces.iter().position(|n| n == s)).map_or(0, |i| i as u8 + 1)
     }
 
+    /// An event time seen by the driver but handled elsewhere (another engine's shopper):
+    /// it still counts as the input's largest event time, which decides the locks at the
+    /// end of a replay (SPEC 8.2), so engines that split the shoppers lock alike.
+    pub fn observe_ts(&mut self, ts: Millis) {
+        self.max_ts = self.max_ts.max(ts);
+    }
+
     /// Takes one valid event. `tag` is handed back with the records it produces.
     pub fn process(&mut self, event: &Event, tag: u64, out: &mut impl Output) -> Outcome {
         let ts = event.ts();
@@ -562,6 +569,9 @@ impl Engine {
             count_record(stats, rec);
             out.record(rec, 0);
         });
+        // The order was kept for its lock; now it may expire with the rest.
+        cold.reindex(&self.retention);
+        self.shoppers.requeue(slot, &self.retention);
     }
 
     fn finalize(&mut self, slot: u32, fin: Final, tag: u64, on_arrival: bool, out: &mut impl Output) {
@@ -703,7 +713,10 @@ impl Engine {
         let sh = &mut self.shoppers;
         let cold = sh.get_mut(slot).cold_mut();
         let hash = ledger::order_hash(&p.order_id);
-        if let Some(i) = cold.orders.iter().position(|o| o.order_hash == hash && o.order_id == p.order_id) {
+        // An old order still awaiting its lock stays until the lock is written.
+        if let Some(i) =
+            cold.orders.iter().position(|o| o.order_hash == hash && o.order_id == p.order_id && !o.awaits_lock())
+        {
             let old = cold.orders.remove(i);
             cold.reindex(&self.retention);
             old.release(&mut sh.creators);

@@ -30,6 +30,7 @@
 //!   hold (a purchase waits until the watermark passes it) is measured apart.
 
 pub mod produce;
+pub mod restate;
 pub mod state;
 pub mod task;
 

@@ -27,6 +27,7 @@ use attrib::model::Record;
 use attrib::replay::{open_files, replay, MemorySink};
 
 mod layout;
+mod restate;
 
 const PARTITIONS: i32 = 4;
 

@@ -5,4 +5,5 @@ mod golden;
 mod hostile;
 mod model_check;
 mod properties;
+mod restate;
 mod secrets;
