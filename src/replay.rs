@@ -246,11 +246,7 @@ pub fn replay_observed<R: BufRead, S: ReplaySink + ?Sized>(
     let mut out = Timed::new(sink, start);
     let mut line = Vec::with_capacity(4096);
     let mut bytes_read = 0u64;
-    let finished = |p: &Pipeline, i: usize| p.watermarks().is_finished(i);
-    // The unfinished input furthest behind in event time goes next (lowest index on ties).
-    while let Some(i) =
-        (0..readers.len()).filter(|&i| !finished(&pipeline, i)).min_by_key(|&i| pipeline.watermarks().max_ts(i))
-    {
+    while let Some(i) = next_input(&pipeline, readers.len()) {
         let r = &mut readers[i];
         line.clear();
         let n = r.reader.read_until(b'\n', &mut line)?;
@@ -295,6 +291,14 @@ pub fn replay_observed<R: BufRead, S: ReplaySink + ?Sized>(
         max_pending_purchases: config.max_pending_purchases,
         jobs: 1,
     })
+}
+
+/// The input to read next: the unfinished one furthest behind in event time (lowest
+/// index on ties). `explain` reads in the same order, so it sees the same watermarks.
+#[inline]
+pub(crate) fn next_input(pipeline: &Pipeline, inputs: usize) -> Option<usize> {
+    let w = pipeline.watermarks();
+    (0..inputs).filter(|&i| !w.is_finished(i)).min_by_key(|&i| w.max_ts(i))
 }
 
 pub(crate) fn trim_line(line: &[u8]) -> &[u8] {
