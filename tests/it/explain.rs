@@ -358,3 +358,38 @@ fn a_duplicate_order_is_an_error() {
     let err = explain(&Config::default(), &input, "o-2").unwrap_err();
     assert!(matches!(err, ExplainError::DuplicateOrder { .. }), "{err}");
 }
+
+#[test]
+fn explain_agrees_with_every_golden_scenario() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scenarios");
+    let mut explained = 0;
+    for dir in std::fs::read_dir(&root).expect("scenarios").map(|e| e.expect("entry").path()) {
+        let Ok(input) = std::fs::read_to_string(dir.join("input.jsonl")) else { continue };
+        let cfg = config(&std::fs::read_to_string(dir.join("attrib.toml")).unwrap_or_default());
+        let (sink, _) = replay_texts(&cfg, &[&input]);
+        let ids: BTreeSet<String> = input
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "purchase")
+            .filter_map(|v| v["event_id"].as_str().map(String::from))
+            .collect();
+        for id in ids {
+            let records: Vec<&Record> = sink
+                .records
+                .iter()
+                .filter(|r| r.kind == RecordKind::Commission && *r.purchase_event_id == *id)
+                .collect();
+            match explain(&cfg, &input, &id) {
+                Ok(e) => {
+                    assert_eq!(from_explanation(&e), from_records(&records), "{}: {id}", dir.display());
+                    explained += 1;
+                }
+                Err(ExplainError::DuplicateOrder { .. } | ExplainError::UnknownPurchase { .. }) => {
+                    assert!(records.is_empty(), "{}: {id} paid but explain fails", dir.display())
+                }
+                Err(e) => panic!("{}: {id}: {e}", dir.display()),
+            }
+        }
+    }
+    assert!(explained > 40, "explained {explained} purchases");
+}
