@@ -115,6 +115,23 @@ mod tests {
     }
 
     #[test]
+    fn matching_lists_the_winner_first_then_the_others_in_winning_order() {
+        let plan = CommissionPlan::new(
+            1000,
+            vec![
+                rule("cat", None, None, Some("beauty"), 1100),
+                rule("other-creator", None, Some("c-2"), None, 1200),
+                rule("creator", None, Some("c-1"), None, 1300),
+                rule("cat-again", None, None, Some("beauty"), 1400),
+            ],
+        );
+        let ids: Vec<&str> = plan.matching("p", "c-1", Some("beauty"), 0).map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["creator", "cat", "cat-again"]);
+        assert_eq!(plan.rate_for("p", "c-1", Some("beauty"), 0), (1300, "creator"));
+        assert_eq!(plan.matching("p", "c-3", None, 0).count(), 0);
+    }
+
+    #[test]
     fn equal_scores_go_to_the_first_listed() {
         let plan = CommissionPlan::new(
             1000,
