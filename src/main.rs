@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Replay JSONL fixture files through the engine (no broker).
     Replay(ReplayArgs),
+    /// Explain one purchase: every touch of the shopper with its verdict, the split and
+    /// the rates (SPEC 8.4).
+    Explain(ExplainArgs),
     /// Write a seeded synthetic workload as JSONL.
     Gen(GenArgs),
     /// Run the streaming worker against Kafka (exactly once) until SIGTERM/SIGINT.
@@ -120,6 +123,25 @@ struct ReplayArgs {
 }
 
 #[derive(Args)]
+struct ExplainArgs {
+    /// The purchase's event_id.
+    #[arg(long)]
+    purchase: String,
+    /// The shopper, when shoppers share the purchase's event_id.
+    #[arg(long)]
+    user: Option<String>,
+    /// Config file (TOML); ATTRIB__SECTION__KEY variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// One JSON object (SPEC 8.4) instead of the human form.
+    #[arg(long)]
+    json: bool,
+    /// Input files, as given to `attrib replay`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
 struct GenArgs {
     /// Number of lines (duplicates and invalid lines included).
     #[arg(long, default_value_t = 100_000)]
@@ -170,6 +192,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Replay(args) => replay(args),
+        Command::Explain(args) => explain(args),
         Command::Gen(args) => gen(args),
         Command::Run(args) => run_worker(args),
         Command::Produce(args) => produce(args),
@@ -303,6 +326,23 @@ fn replay(args: ReplayArgs) -> Result<()> {
     eprintln!("{summary}");
     if !io::stderr().is_terminal() {
         io::stderr().flush()?;
+    }
+    Ok(())
+}
+
+fn explain(args: ExplainArgs) -> Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    let req = attrib::explain::Request { purchase_event_id: args.purchase, user_id: args.user };
+    let out = attrib::explain::explain_files(&config, &args.files, &req)?;
+    let mut stdout = io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", out.to_json())?;
+    } else {
+        write!(stdout, "{}", out.to_text())?;
+    }
+    stdout.flush()?;
+    if let Some(why) = &out.not_final {
+        anyhow::bail!("purchase {:?} is not final at the end of the input: {why}", out.purchase_event_id);
     }
     Ok(())
 }

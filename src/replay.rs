@@ -248,9 +248,7 @@ impl<R: BufRead> Lines<R> {
 
     /// The next line, picked by the inputs' `watermarks`; `None` once every input ended.
     pub fn next(&mut self, watermarks: &Watermarks) -> io::Result<Option<Step<'_>>> {
-        let Some(i) =
-            (0..self.readers.len()).filter(|&i| !watermarks.is_finished(i)).min_by_key(|&i| watermarks.max_ts(i))
-        else {
+        let Some(i) = next_input(watermarks, self.readers.len()) else {
             return Ok(None);
         };
         let r = &mut self.readers[i];
@@ -337,6 +335,13 @@ pub fn replay_observed<R: BufRead, S: ReplaySink + ?Sized>(
         max_pending_purchases: config.max_pending_purchases,
         jobs: 1,
     })
+}
+
+/// The input to read next: the unfinished one furthest behind in event time (lowest
+/// index on ties). `explain` reads in the same order, so it sees the same watermarks.
+#[inline]
+pub(crate) fn next_input(w: &Watermarks, inputs: usize) -> Option<usize> {
+    (0..inputs).filter(|&i| !w.is_finished(i)).min_by_key(|&i| w.max_ts(i))
 }
 
 pub(crate) fn trim_line(line: &[u8]) -> &[u8] {

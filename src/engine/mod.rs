@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use self::attribution::{credits_for, EligibleWindows};
 use self::ledger::{Credit, Line, Order, RefundOutcome};
 use self::plan::CommissionPlan;
-use self::state::{id_hash, Inserted, NewTouch, Retention, Shoppers, STOREFRONT};
+use self::state::{id_hash, Inserted, NewTouch, Retention, Shoppers, StoredTouch, STOREFRONT};
 use crate::model::{
     Currency, DeadLetterReason, Event, EventType, Millis, Model, Purchase, RecordKind, RecordView, Refund, Str,
 };
@@ -123,6 +123,19 @@ pub struct UnitKey<'a> {
     pub user_id: &'a str,
 }
 
+/// A purchase about to be attributed, with the state it is attributed against: what
+/// `attrib explain` looks at (see [`Output::attributing`]).
+pub struct Attributing<'a> {
+    pub purchase: &'a Purchase,
+    /// The shopper's touches in state, in `(ts, event_id)` order.
+    pub touches: &'a [StoredTouch],
+    /// Names of interned creators and products, and touch event ids.
+    pub shoppers: &'a Shoppers,
+    /// The windows at the purchase time.
+    pub windows: &'a EligibleWindows,
+    pub config: &'a EngineConfig,
+}
+
 /// Receives the engine's records. `tag` is the opaque value given to
 /// [`Engine::process`] with the purchase or refund that produced the record (0 for locks).
 pub trait Output {
@@ -131,6 +144,10 @@ pub trait Output {
     /// Marks the start of the records of one final event or lock. `on_arrival`: a late
     /// event handled as it arrived, not by a watermark move.
     fn unit(&mut self, _key: &UnitKey<'_>, _on_arrival: bool) {}
+    /// A final purchase (not a duplicate order) is about to be attributed; its records
+    /// follow. Only `attrib explain` listens.
+    #[inline]
+    fn attributing(&mut self, _purchase: &Attributing<'_>) {}
 }
 
 impl Output for Vec<crate::model::Record> {
@@ -604,6 +621,13 @@ impl Engine {
             return;
         }
         let windows = EligibleWindows::new(&self.windows, self.max_window, self.max_click_window, p.ts);
+        out.attributing(&Attributing {
+            purchase: p,
+            touches: self.shoppers.get(slot).touches.as_slice(),
+            shoppers: &self.shoppers,
+            windows: &windows,
+            config: &self.cfg,
+        });
         let mut lines: Vec<Line> = Vec::with_capacity(p.items.len());
         let mut paid_attributed = false;
         let mut any = false;
