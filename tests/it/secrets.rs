@@ -103,7 +103,7 @@ fn assert_no_secret(out: &Output, secrets: &[String; 2]) {
 /// worker (with a group of its own) at it.
 fn mock_cluster() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, Vec<(&'static str, String)>) {
     let cluster = MockCluster::new(1).expect("librdkafka mock cluster");
-    for topic in ["views", "clicks", "purchases", "refunds", "attrib.state"] {
+    for topic in ["views", "clicks", "purchases", "refunds", "commissions", "attrib.dlq", "attrib.state"] {
         cluster.create_topic(topic, 1, 1).expect("mock topic");
     }
     let group = secret("group");
