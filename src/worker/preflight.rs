@@ -253,9 +253,9 @@ fn check(config: &Config, topics: &[(&str, Role)], group: Option<&str>, producin
         }
         if !denied.is_empty() {
             let names: Vec<String> =
-                denied.iter().map(|(t, r)| format!("{t:?} ({}) needs {}", r.key(), r.needs(producing))).collect();
+                denied.iter().map(|(t, r)| format!("{t:?} ({}): needs {}", r.key(), r.needs(producing))).collect();
             parts.push(format!(
-                "topic authorization failed: the user ({}) may not use {}; grant these ACLs (docs/kafka.md)",
+                "topic authorization failed for the user ({}): {}; grant these ACLs (docs/kafka.md)",
                 config.kafka.client.get("sasl.username").map_or("the client's principal", String::as_str),
                 names.join(", ")
             ));
@@ -279,19 +279,31 @@ fn check_group(config: &Config, group: &str, input: &str, timeout: Duration) -> 
         with_user_settings(cc, config).create().map_err(WorkerError::kafka("creating a client"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(input, 0);
-    match consumer.committed_offsets(tpl, timeout) {
-        Ok(_) => Ok(()),
-        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::GroupAuthorizationFailed) => {
-            Err(WorkerError::Setup(format!(
+    let deadline = Instant::now() + timeout;
+    loop {
+        // A new group's coordinator may still be loading (NOT_COORDINATOR,
+        // COORDINATOR_LOAD_IN_PROGRESS): retry those until the deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = match consumer.committed_offsets(tpl.clone(), left.max(Duration::from_millis(100))) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::GroupAuthorizationFailed) {
+            return Err(WorkerError::Setup(format!(
                 "group authorization failed: the user ({}) needs Read on consumer group {group:?} (kafka.group_id); \
                  grant the ACLs of docs/kafka.md",
                 config.kafka.client.get("sasl.username").map_or("the client's principal", String::as_str)
-            )))
+            )));
         }
-        Err(e) => Err(WorkerError::Setup(format!(
-            "reading the committed offsets of consumer group {group:?} (kafka.group_id): {}",
-            scrub(&e.to_string(), config)
-        ))),
+        if Instant::now() >= deadline {
+            return Err(WorkerError::Setup(format!(
+                "reading the committed offsets of consumer group {group:?} (kafka.group_id) within {timeout:?} \
+                 (kafka.session_timeout): {}",
+                scrub(&e.to_string(), config)
+            )));
+        }
+        debug!(error = %e, "group check: retrying");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
