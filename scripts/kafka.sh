@@ -9,6 +9,7 @@
 #        scripts/kafka.sh topics ARGS...       # org.apache.kafka.tools.TopicCommand
 #        scripts/kafka.sh run-class CLASS ARGS...  # any class on the Kafka classpath
 #        scripts/kafka.sh grant-worker USER GROUP TXN_PREFIX STATE OUTPUT DLQ INPUT...
+#        scripts/kafka.sh grant-producer USER TOPIC...   # Write (attrib produce, loaders)
 #
 # Environment (all optional):
 #   KAFKA_HOME_DIR         where everything lives      (default <repo>/target/kafka)
@@ -71,7 +72,7 @@ say() { echo "kafka.sh: $*" >&2; }
 die() { echo "kafka.sh: error: $*" >&2; exit 1; }
 
 usage() {
-    sed -n '6,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '6,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -611,6 +612,16 @@ case $cmd in
         done
         [[ $has_bootstrap == yes ]] || args=(--bootstrap-server "$(bootstrap)" "${args[@]}")
         exec java "${TOOLS_JVM_OPTS[@]}" -cp "$KAFKA_LIBS_DIR/*" org.apache.kafka.tools.TopicCommand "${args[@]}"
+        ;;
+    grant-producer)
+        (( $# >= 2 )) || die "usage: scripts/kafka.sh grant-producer USER TOPIC..."
+        ensure_libs
+        [[ $(cat "$MODE_FILE" 2>/dev/null) == secure ]] || die "the broker runs without ACLs; start it with --secure"
+        user=$1
+        shift
+        topic_args=()
+        for t in "$@"; do topic_args+=(--topic "$t"); done
+        acl --allow-principal "User:$user" --operation Write --operation Describe "${topic_args[@]}"
         ;;
     grant-worker)
         ensure_libs

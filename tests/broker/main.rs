@@ -26,6 +26,8 @@ use attrib::gen::{generate, GenOptions};
 use attrib::model::Record;
 use attrib::replay::{open_files, replay, MemorySink};
 
+mod secure;
+
 const PARTITIONS: i32 = 4;
 
 fn brokers() -> String {
