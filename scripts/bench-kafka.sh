@@ -329,8 +329,9 @@ catch_up() { # catch_up SET EXACTLY_ONCE [secure]
     WENV+=("ATTRIB__KAFKA__EXACTLY_ONCE=$eo")
     [[ ${3:-} == secure ]] && WENV+=("${SECURE_ENV[@]}")
     note_command env "${WENV[@]}" "$ATTRIB" run --stop-at-end
-    local started=$EPOCHREALTIME
-    env "${WENV[@]}" "$ATTRIB" run --stop-at-end >"$log" 2>&1 &
+    local started=$EPOCHREALTIME secret=()
+    [[ ${3:-} == secure ]] && secret=("ATTRIB__KAFKA__CLIENT__SASL_PASSWORD=$SECURE_PASSWORD")
+    env "${WENV[@]}" "${secret[@]}" "$ATTRIB" run --stop-at-end >"$log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
     wait_pid "$pid" "$RUN_TIMEOUT" "attrib run ($set)" ||
@@ -351,9 +352,10 @@ catch_up() { # catch_up SET EXACTLY_ONCE [secure]
 if [[ $SECURE == yes ]]; then
     # The password reaches attrib through the environment only; commands.sh shows where
     # it comes from, never the value.
-    export ATTRIB__KAFKA__CLIENT__SASL_PASSWORD
-    ATTRIB__KAFKA__CLIENT__SASL_PASSWORD=$(cat "$SECURE_DIR/attrib.password")
-    printf 'export ATTRIB__KAFKA__CLIENT__SASL_PASSWORD="$(cat %q)"\n' "$SECURE_DIR/attrib.password" >>"$COMMANDS"
+    SECURE_PASSWORD=$(cat "$SECURE_DIR/attrib.password")
+    # shellcheck disable=SC2016  # for the reader's shell
+    printf '# the SASL_SSL commands below also get ATTRIB__KAFKA__CLIENT__SASL_PASSWORD="$(cat %q)"\n' \
+        "$SECURE_DIR/attrib.password" >>"$COMMANDS"
     SECURE_ENV=(
         "ATTRIB__KAFKA__BROKERS=$SECURE_BROKERS"
         "ATTRIB__KAFKA__CLIENT__SECURITY_PROTOCOL=SASL_SSL"
@@ -375,7 +377,8 @@ if [[ $SECURE == yes ]]; then
     PENV+=("${SECURE_ENV[@]}")
     note_command env "${PENV[@]}" "$ATTRIB" produce --flush-marker "$WORKLOAD"
     say "producing the workload over SASL_SSL into $(inputs_of sin)"
-    env "${PENV[@]}" "$ATTRIB" produce --flush-marker "$WORKLOAD" 2>"$OUT/produce-secure.log" ||
+    env "${PENV[@]}" "ATTRIB__KAFKA__CLIENT__SASL_PASSWORD=$SECURE_PASSWORD" \
+        "$ATTRIB" produce --flush-marker "$WORKLOAD" 2>"$OUT/produce-secure.log" ||
         { cat "$OUT/produce-secure.log" >&2; die "attrib produce over SASL_SSL failed"; }
     SPRODUCE_LINE=$(grep '^produced ' "$OUT/produce-secure.log" || true)
     say "${SPRODUCE_LINE:-produced}"
