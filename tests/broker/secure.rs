@@ -68,7 +68,7 @@ impl Secure {
     }
 }
 
-fn refs(env: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
