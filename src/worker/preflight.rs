@@ -102,6 +102,8 @@ impl ClientContext for Watch {
     }
 }
 
+impl rdkafka::consumer::ConsumerContext for Watch {}
+
 impl ProducerContext for Watch {
     type DeliveryOpaque = ();
     fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
@@ -186,6 +188,9 @@ fn connection_error(config: &Config, failure: Failure, reason: &str, waited: Dur
     })
 }
 
+/// The longest single wait: between two, the reports of librdkafka are looked at.
+const SLICE: Duration = Duration::from_millis(500);
+
 /// The check itself; `producing`: the topics are written (`attrib produce`).
 fn check(config: &Config, topics: &[(&str, Role)], group: Option<&str>, producing: bool) -> Result<(), WorkerError> {
     let started = Instant::now();
@@ -199,7 +204,7 @@ fn check(config: &Config, topics: &[(&str, Role)], group: Option<&str>, producin
 
     // Connect: all-topics metadata needs a broker that let us in.
     loop {
-        let attempt = left().min(Duration::from_millis(500));
+        let attempt = left().min(SLICE);
         let fetched = probe.client().fetch_metadata(None, attempt);
         probe.poll(Duration::ZERO); // deliver librdkafka's error reports to the Watch
         let worst = probe.context().worst();
@@ -275,20 +280,29 @@ fn check(config: &Config, topics: &[(&str, Role)], group: Option<&str>, producin
 fn check_group(config: &Config, group: &str, input: &str, timeout: Duration) -> Result<(), WorkerError> {
     let mut cc: ClientConfig = client_config(config);
     cc.set("group.id", group).set("enable.auto.commit", "false");
-    let consumer: BaseConsumer =
-        with_user_settings(cc, config).create().map_err(WorkerError::kafka("creating a client"))?;
+    let consumer: BaseConsumer<Watch> = with_user_settings(cc, config)
+        .create_with_context(Watch::default())
+        .map_err(WorkerError::kafka("creating a client"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(input, 0);
     let deadline = Instant::now() + timeout;
     loop {
         // A new group's coordinator may still be loading (NOT_COORDINATOR,
         // COORDINATOR_LOAD_IN_PROGRESS): retry those until the deadline.
+        // A denied FindCoordinator arrives as a global error report (the Watch), while
+        // the offset fetch itself just waits: ask in short slices.
         let left = deadline.saturating_duration_since(Instant::now());
-        let e = match consumer.committed_offsets(tpl.clone(), left.max(Duration::from_millis(100))) {
-            Ok(_) => return Ok(()),
+        let result = consumer.committed_offsets(tpl.clone(), left.clamp(Duration::from_millis(100), SLICE));
+        let _ = consumer.poll(Duration::ZERO);
+        let denied = |code: Option<RDKafkaErrorCode>| code == Some(RDKafkaErrorCode::GroupAuthorizationFailed);
+        let reported =
+            consumer.context().errors.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(c, _)| denied(*c));
+        let e = match result {
+            Ok(_) if !reported => return Ok(()),
+            Ok(_) => KafkaError::Global(RDKafkaErrorCode::GroupAuthorizationFailed),
             Err(e) => e,
         };
-        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::GroupAuthorizationFailed) {
+        if reported || denied(e.rdkafka_error_code()) {
             return Err(WorkerError::Setup(format!(
                 "group authorization failed: the user ({}) needs Read on consumer group {group:?} (kafka.group_id); \
                  grant the ACLs of docs/kafka.md",
@@ -303,7 +317,6 @@ fn check_group(config: &Config, group: &str, input: &str, timeout: Duration) -> 
             )));
         }
         debug!(error = %e, "group check: retrying");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
