@@ -57,6 +57,8 @@ LOG_FILE="$KAFKA_HOME_DIR/kafka.log"
 OUT_FILE="$KAFKA_HOME_DIR/kafka.out"
 SERVER_PROPS="$KAFKA_HOME_DIR/server.properties"
 ADMIN_PROPS="$KAFKA_HOME_DIR/admin.properties"
+# Patient admin client settings for the user and ACL commands (a loaded machine).
+TOOLS_PROPS="$KAFKA_HOME_DIR/tools.properties"
 BOOTSTRAP_FILE="$KAFKA_HOME_DIR/kafka.bootstrap"
 # start --secure: the throwaway CA, the broker's keystore, the SCRAM users' passwords
 # and the SASL_SSL listener's host:port (see write_secure_files).
@@ -221,6 +223,14 @@ server_started_logged() {
     fi
 }
 
+write_tools_props() {
+    cat >"$TOOLS_PROPS" <<EOF
+# Admin client settings for the user and ACL commands of scripts/kafka.sh.
+request.timeout.ms=30000
+default.api.timeout.ms=120000
+EOF
+}
+
 write_config() {
     local listeners="PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT"
     local advertised="PLAINTEXT://$HOST:$KAFKA_PORT"
@@ -294,6 +304,7 @@ EOF
     if [[ -n $KAFKA_EXTRA_PROPERTIES ]]; then
         printf '\n# KAFKA_EXTRA_PROPERTIES\n%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$SERVER_PROPS"
     fi
+    write_tools_props
     cat >"$ADMIN_PROPS" <<EOF
 # Admin client settings for the readiness checks of scripts/kafka.sh.
 request.timeout.ms=5000
@@ -391,7 +402,7 @@ create_users() {
     local user pids=() failed=no
     for user in attrib norights; do
         java_tool org.apache.kafka.tools.ConfigCommand --bootstrap-server "$HOST:$KAFKA_PORT" \
-            --command-config "$ADMIN_PROPS" --alter --entity-type users --entity-name "$user" \
+            --command-config "$TOOLS_PROPS" --alter --entity-type users --entity-name "$user" \
             --add-config "SCRAM-SHA-512=[iterations=8192,password=$(cat "$SECURE_DIR/$user.password")]" \
             >/dev/null 2>"$SECURE_DIR/users.$user.log" &
         pids+=("$!")
@@ -402,9 +413,10 @@ create_users() {
 
 # Adds ACLs (AclCommand --add ARGS...); quiet unless it fails.
 acl() {
+    [[ -f $TOOLS_PROPS ]] || write_tools_props
     local out
     if ! out=$(java_tool org.apache.kafka.tools.AclCommand --bootstrap-server "$(bootstrap)" \
-        --command-config "$ADMIN_PROPS" --add "$@" 2>&1); then
+        --command-config "$TOOLS_PROPS" --add "$@" 2>&1); then
         echo "$out" >&2
         return 1
     fi

@@ -225,24 +225,21 @@ fn check(config: &Config, topics: &[(&str, Role)], group: Option<&str>, producin
     let mut missing = Vec::new();
     let mut denied = Vec::new();
     for &(topic, role) in topics {
-        let md = probe.client().fetch_metadata(Some(topic), left().max(Duration::from_millis(100))).map_err(|e| {
-            WorkerError::Setup(format!("reading the metadata of topic {topic:?} ({}): {e}", role.key()))
-        })?;
-        let error = md.topics().first().and_then(|t| t.error()).map(RDKafkaErrorCode::from);
-        let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
-        match error {
-            Some(RDKafkaErrorCode::TopicAuthorizationFailed) => denied.push((topic, role)),
-            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) | None
-                if partitions == 0 =>
-            {
-                if role == Role::State && !producing {
-                    info!(topic, "state topic missing: the worker creates it");
-                } else {
-                    missing.push((topic, role));
-                }
+        match topic_state(&probe, topic, &left) {
+            Err(e) => {
+                let e = scrub(&e.to_string(), config);
+                return Err(WorkerError::Setup(format!(
+                    "reading the metadata of topic {topic:?} ({}): {e}",
+                    role.key()
+                )));
             }
-            None => {}
-            Some(code) => {
+            Ok(TopicState::Present) => {}
+            Ok(TopicState::Denied) => denied.push((topic, role)),
+            Ok(TopicState::Missing) if role == Role::State && !producing => {
+                info!(topic, "state topic missing: the worker creates it");
+            }
+            Ok(TopicState::Missing) => missing.push((topic, role)),
+            Ok(TopicState::Failed(code)) => {
                 return Err(WorkerError::Setup(format!("topic {topic:?} ({}): {code}", role.key())));
             }
         }
@@ -273,6 +270,44 @@ fn check(config: &Config, topics: &[(&str, Role)], group: Option<&str>, producin
     }
     debug!(took = ?started.elapsed(), "start-time checks passed");
     Ok(())
+}
+
+#[derive(Debug)]
+enum TopicState {
+    Present,
+    Missing,
+    Denied,
+    Failed(RDKafkaErrorCode),
+}
+
+/// How long a topic may look missing (or leaderless) before it counts as such: a topic
+/// created a moment ago may not be in every broker's metadata yet.
+const SETTLE: Duration = Duration::from_secs(1);
+
+fn topic_state(
+    probe: &BaseProducer<Watch>,
+    topic: &str,
+    left: &dyn Fn() -> Duration,
+) -> Result<TopicState, KafkaError> {
+    let first = Instant::now();
+    loop {
+        let md = probe.client().fetch_metadata(Some(topic), left().max(Duration::from_millis(100)))?;
+        let t = md.topics().first();
+        let error = t.and_then(|t| t.error()).map(RDKafkaErrorCode::from);
+        let partitions = t.map_or(0, |t| t.partitions().len());
+        let state = match error {
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed) => return Ok(TopicState::Denied),
+            None if partitions > 0 => return Ok(TopicState::Present),
+            None | Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                TopicState::Missing
+            }
+            Some(code) => TopicState::Failed(code), // e.g. LEADER_NOT_AVAILABLE just after creation
+        };
+        if first.elapsed() >= SETTLE || left().is_zero() {
+            return Ok(state);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Reads the group's committed offset of one input partition: needs Describe (Read
