@@ -605,8 +605,10 @@ case $cmd in
         ;;
     status)
         if pid=$(running_pid); then
+            secure=""
+            [[ -s $SECURE_DIR/bootstrap ]] && secure=", SASL_SSL $(cat "$SECURE_DIR/bootstrap")"
             if port_open "$(bootstrap | cut -d: -f2)"; then
-                echo "running (pid $pid), bootstrap $(bootstrap)"
+                echo "running (pid $pid), bootstrap $(bootstrap)$secure"
             else
                 echo "running (pid $pid, not accepting connections yet), bootstrap $(bootstrap)"
             fi
