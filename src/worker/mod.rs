@@ -29,6 +29,7 @@
 //!   commit of the transaction holding it (`processing latency`); the watermark's own
 //!   hold (a purchase waits until the watermark passes it) is measured apart.
 
+pub mod preflight;
 pub mod produce;
 pub mod restate;
 pub mod state;
@@ -951,6 +952,8 @@ fn claim_transactional_id(base: &str) -> Result<(String, std::fs::File), WorkerE
 
 /// Runs the worker until `shutdown` is set (then commits, leaves the group and returns).
 pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Result<(), WorkerError> {
+    // Start-time checks (issue 15, src/worker/preflight.rs): brokers, credentials, topics, group.
+    preflight::check_worker(&config)?;
     let observe = Observe {
         metrics: Arc::new(Metrics::new()),
         health: Arc::new(Health::new(config.session_timeout.max(Duration::from_secs(30)))),
