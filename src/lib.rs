@@ -25,6 +25,7 @@ pub mod engine;
 pub mod gen;
 pub mod metrics;
 pub mod model;
+pub mod parallel;
 pub mod pipeline;
 pub mod replay;
 #[cfg(feature = "kafka")]

@@ -515,6 +515,13 @@ impl Engine {
         self.shoppers.expire(w, &self.retention);
     }
 
+    /// Notes an event time seen on the input but handled by another engine (parallel
+    /// replay): locks at the end of input follow the largest event time of the whole
+    /// input, not only of this engine's shoppers.
+    pub fn observe_time(&mut self, ts: Millis) {
+        self.max_ts = self.max_ts.max(ts);
+    }
+
     /// End of input: every pending event becomes final, in order, and commissions lock
     /// whose lock time the largest event time of the input has reached.
     pub fn finish(&mut self, out: &mut impl Output) {

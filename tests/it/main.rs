@@ -4,5 +4,6 @@ mod checkpoint;
 mod golden;
 mod hostile;
 mod model_check;
+mod parallel;
 mod properties;
 mod secrets;
