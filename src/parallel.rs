@@ -152,6 +152,16 @@ impl ShardOut {
         (&self.keys[s..e], &self.keys[e..e + k.user_id as usize])
     }
 
+    /// Empty, keeping the capacity.
+    fn cleared(mut self) -> ShardOut {
+        self.rec.clear();
+        self.shadow.clear();
+        self.dl.clear();
+        self.keys.clear();
+        self.groups.clear();
+        self
+    }
+
     /// The ranges of group `g`: records, shadow records, dead letters.
     fn ranges(&self, g: usize) -> [(usize, usize); 3] {
         let a = &self.groups[g];
@@ -314,10 +324,14 @@ pub fn replay<R: BufRead + Send, W: Write, D: Write>(
         // Shards.
         let mut batch_txs = Vec::with_capacity(shards);
         let mut out_rxs = Vec::with_capacity(shards);
+        // Written buffers go back to their shard, to be filled again without growing.
+        let mut spent_txs = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
         for k in 0..shards {
             let (batch_tx, batch_rx) = bounded::<Option<Arc<Batch>>>(QUEUE);
             let (out_tx, out_rx) = bounded::<ShardOut>(QUEUE);
+            let (spent_tx, spent_rx) = bounded::<ShardOut>(QUEUE + 2);
+            spent_txs.push(spent_tx);
             batch_txs.push(batch_tx);
             out_rxs.push(out_rx);
             let processing = processing.clone();
@@ -333,8 +347,11 @@ pub fn replay<R: BufRead + Send, W: Write, D: Write>(
                 start,
                 latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
             };
-            handles
-                .push(scope.spawn(move || run_shard(k as u32, processing, n_inputs, &names, sink, batch_rx, out_tx)));
+            handles.push(
+                scope.spawn(move || {
+                    run_shard(k as u32, processing, n_inputs, &names, sink, batch_rx, (out_tx, spent_rx))
+                }),
+            );
         }
 
         // Sequencer.
@@ -342,7 +359,7 @@ pub fn replay<R: BufRead + Send, W: Write, D: Write>(
         let sequencer = scope.spawn(move || sequence(ordered, moo, batch_txs));
 
         // Merger: here, so the sink need not be Send.
-        let merged = merge(&out_rxs, sink);
+        let merged = merge(&out_rxs, &spent_txs, sink);
         drop(out_rxs); // on a write error, every stage stops at its next send
         let bytes_read = sequencer.join().expect("sequencer panicked");
         let ends: Vec<Option<ShardEnd>> = handles.into_iter().map(|h| h.join().expect("shard panicked")).collect();
@@ -505,8 +522,12 @@ fn run_shard(
     names: &[String],
     mut sink: ShardSink,
     batches: Receiver<Option<Arc<Batch>>>,
-    out: Sender<ShardOut>,
+    (out, spent): (Sender<ShardOut>, Receiver<ShardOut>),
 ) -> Option<ShardEnd> {
+    let send = |sink: &mut ShardSink| {
+        let next = spent.try_recv().map(ShardOut::cleared).unwrap_or_default();
+        out.send(std::mem::replace(&mut sink.out, next)).ok()
+    };
     let mut pipeline = Pipeline::new(processing, inputs);
     let (mut peak_live_touches, mut peak_pending, mut lines) = (0, 0, 0u64);
     loop {
@@ -540,7 +561,7 @@ fn run_shard(
             }
         }
         drop(batch);
-        out.send(std::mem::take(&mut sink.out)).ok()?;
+        send(&mut sink)?;
     }
     peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
     peak_pending = peak_pending.max(pipeline.engine().pending());
@@ -549,7 +570,7 @@ fn run_shard(
     pipeline.engine_mut().observe_time(max_ts);
     sink.begin(0);
     pipeline.finish(&mut sink);
-    out.send(std::mem::take(&mut sink.out)).ok()?;
+    send(&mut sink)?;
     Some(ShardEnd {
         stats: pipeline.engine().stats().clone(),
         latency_us: sink.latency_us,
@@ -559,12 +580,18 @@ fn run_shard(
 }
 
 /// Writes the shards' groups in the one-engine order, batch by batch.
-fn merge<W: Write, D: Write>(outs: &[Receiver<ShardOut>], sink: &mut JsonLinesSink<W, D>) -> io::Result<()> {
+fn merge<W: Write, D: Write>(
+    outs: &[Receiver<ShardOut>],
+    spent: &[Sender<ShardOut>],
+    sink: &mut JsonLinesSink<W, D>,
+) -> io::Result<()> {
     let n = outs.len();
     let mut batch: Vec<ShardOut> = Vec::with_capacity(n);
     let mut next = vec![0usize; n];
     loop {
-        batch.clear();
+        for (o, tx) in batch.drain(..).zip(spent) {
+            let _ = tx.try_send(o);
+        }
         for rx in outs {
             match rx.recv() {
                 Ok(o) => batch.push(o),
