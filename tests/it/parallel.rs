@@ -184,3 +184,33 @@ proptest! {
         same_as_one_engine(&config(model, &format!("shadow_models = [{shadow:?}]")), &texts, &[jobs]);
     }
 }
+
+fn cli_replay(jobs: &str, out: &str, input: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_attrib"))
+        .args(["replay", "--quiet", "--jobs", jobs, "--out", out])
+        .arg(input)
+        .output()
+        .expect("attrib runs")
+}
+
+#[test]
+fn cli_jobs_writes_the_same_file_and_reports_write_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, workload(21, 3_000, 150, 3_000)).expect("write input");
+    let mut outputs = Vec::new();
+    for jobs in ["1", "2", "0"] {
+        let out = dir.path().join(format!("out-{jobs}.jsonl"));
+        let run = cli_replay(jobs, out.to_str().expect("UTF-8 path"), &input);
+        assert!(run.status.success(), "--jobs {jobs}: {}", String::from_utf8_lossy(&run.stderr));
+        outputs.push(std::fs::read(&out).expect("output written"));
+    }
+    assert!(!outputs[0].is_empty());
+    assert!(outputs.iter().all(|o| *o == outputs[0]), "--jobs 2 and 0 write what --jobs 1 writes");
+    // A failing writer stops every stage and fails the command (no hang, no panic).
+    if std::path::Path::new("/dev/full").exists() {
+        let run = cli_replay("2", "/dev/full", &input);
+        assert!(!run.status.success());
+        assert!(!String::from_utf8_lossy(&run.stderr).contains("panicked"));
+    }
+}
