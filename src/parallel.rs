@@ -89,7 +89,7 @@ struct Chunk {
     input: u32,
     bytes: Vec<u8>,
     /// Non-blank lines: start, end (line break excluded) and line number.
-    lines: Vec<(u32, u32, u64)>,
+    lines: Vec<(usize, usize, u64)>,
     decoded: Vec<Decoded>,
     /// Bytes read, blank lines and line breaks included.
     bytes_read: u64,
@@ -100,7 +100,7 @@ struct Chunk {
 impl Chunk {
     fn raw(&self, i: usize) -> &[u8] {
         let (s, e, _) = self.lines[i];
-        &self.bytes[s as usize..e as usize]
+        &self.bytes[s..e]
     }
 }
 
@@ -425,7 +425,7 @@ fn read_input<R: BufRead>(
                     if raw.iter().all(u8::is_ascii_whitespace) {
                         chunk.bytes.truncate(at); // a blank line is not an event
                     } else {
-                        chunk.lines.push((at as u32, (at + raw.len()) as u32, line_no));
+                        chunk.lines.push((at, at + raw.len(), line_no));
                     }
                 }
                 Err(e) => {
