@@ -30,6 +30,7 @@ pub mod explain;
 pub mod gen;
 pub mod metrics;
 pub mod model;
+pub mod parallel;
 pub mod pipeline;
 pub mod replay;
 pub mod restate;

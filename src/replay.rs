@@ -61,6 +61,23 @@ impl<R: Write, D: Write> JsonLinesSink<R, D> {
         Ok(())
     }
 
+    /// Writes lines encoded elsewhere (parallel replay encodes on its shard threads).
+    pub fn write_encoded(&mut self, records: &[u8], shadow: &[u8], dead_letters: &[u8]) -> io::Result<()> {
+        self.records.write_all(records)?;
+        if let Some(s) = &mut self.shadow {
+            s.write_all(shadow)?;
+        }
+        if let Some(d) = &mut self.dead_letters {
+            d.write_all(dead_letters)?;
+        }
+        Ok(())
+    }
+
+    /// Whether shadow records and dead letters are written (else they need no encoding).
+    pub fn writes(&self) -> (bool, bool) {
+        (self.shadow.is_some(), self.dead_letters.is_some())
+    }
+
     fn keep(&mut self, r: io::Result<()>) {
         if let Err(e) = r {
             self.error.get_or_insert(e);

@@ -5,6 +5,7 @@ mod explain;
 mod golden;
 mod hostile;
 mod model_check;
+mod parallel;
 mod properties;
 mod restate;
 mod secrets;
