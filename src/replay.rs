@@ -70,7 +70,7 @@ impl<R: Write, D: Write> JsonLinesSink<R, D> {
 impl<R: Write, D: Write> Sink for JsonLinesSink<R, D> {
     fn record(&mut self, record: &RecordView<'_>, _tag: u64) {
         self.buf.clear();
-        encode_record(&record.to_record(), &mut self.buf); // TODO(codec): the view encoder
+        encode_record(record, &mut self.buf);
         let r = if record.shadow {
             match &mut self.shadow {
                 Some(s) => s.write_all(&self.buf),

@@ -4,11 +4,15 @@
 //! [`DecodeError`] whose `reason` is the dead-letter reason and whose message names the
 //! field. Records go the other way through [`encode_record`].
 
+mod encode;
+
+pub use encode::{encode_owned, encode_record};
+
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
 use crate::model::{
-    Currency, DeadLetterReason, Event, Item, Millis, Purchase, Record, Refund, RefundItem, Str, Touch, TouchKind,
+    Currency, DeadLetterReason, Event, Item, Millis, Purchase, Refund, RefundItem, Str, Touch, TouchKind,
 };
 
 /// Longest id SPEC §1 allows, in bytes: the default (and the most) of
@@ -508,13 +512,6 @@ fn truncate(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Appends one record as a JSON line (with `\n`) to `out`.
-pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
-    // Serialising plain structs into a Vec cannot fail.
-    serde_json::to_writer(&mut *out, record).expect("record serialises");
-    out.push(b'\n');
 }
 
 #[cfg(test)]
