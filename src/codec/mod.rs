@@ -5,6 +5,7 @@
 //! field. Records go the other way through [`encode_record`].
 
 mod encode;
+mod fast;
 
 pub use encode::{encode_owned, encode_record};
 
@@ -77,7 +78,22 @@ impl Decoder {
     }
 
     /// Decodes and validates one message (a Kafka value or a JSONL line without its newline).
+    ///
+    /// Plain events take the single-pass reader of [`fast`]; everything else, and every
+    /// rejection, is the simd-json decoder's ([`Decoder::decode_reference`]).
+    #[inline]
     pub fn decode(&mut self, raw: &[u8]) -> Result<Event, DecodeError> {
+        if raw.len() <= self.limits.max_message_bytes {
+            if let Some(event) = fast::decode(raw, &self.limits) {
+                return Ok(event);
+            }
+        }
+        self.decode_reference(raw)
+    }
+
+    /// [`Decoder::decode`] through simd-json alone: the reference the fast path is
+    /// tested against, and the decoder of everything it passes on.
+    pub fn decode_reference(&mut self, raw: &[u8]) -> Result<Event, DecodeError> {
         if raw.len() > self.limits.max_message_bytes {
             return Err(DecodeError {
                 reason: DeadLetterReason::TooLarge,
