@@ -251,30 +251,43 @@ pub fn replay_observed<R: BufRead, S: ReplaySink + ?Sized>(
     while let Some(i) =
         (0..readers.len()).filter(|&i| !finished(&pipeline, i)).min_by_key(|&i| pipeline.watermarks().max_ts(i))
     {
-        let r = &mut readers[i];
-        line.clear();
-        let n = r.reader.read_until(b'\n', &mut line)?;
+        let Reader { name, reader, line_no } = &mut readers[i];
+        // A whole line in the reader's buffer is used where it lies; one that straddles
+        // the buffer's end is copied out.
+        let buf = reader.fill_buf()?;
+        let newline = memchr::memchr(b'\n', buf);
+        let n = match newline {
+            Some(p) => p + 1,
+            None if buf.is_empty() => 0,
+            None => {
+                line.clear();
+                reader.read_until(b'\n', &mut line)?
+            }
+        };
         if n == 0 {
             pipeline.finish_input(i, &mut out);
-        } else {
-            bytes_read += n as u64;
-            r.line_no += 1;
-            lines += 1;
-            if lines % OBSERVE_EVERY == 0 {
-                peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
-                peak_pending = peak_pending.max(pipeline.engine().pending());
-                observer.observe(bytes_read, pipeline.engine());
-                if let Some(e) = out.sink.take_error() {
-                    return Err(e);
-                }
+            continue;
+        }
+        bytes_read += n as u64;
+        *line_no += 1;
+        lines += 1;
+        if lines % OBSERVE_EVERY == 0 {
+            peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
+            peak_pending = peak_pending.max(pipeline.engine().pending());
+            observer.observe(bytes_read, pipeline.engine());
+            if let Some(e) = out.sink.take_error() {
+                return Err(e);
             }
-            let raw = trim_line(&line);
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue; // a blank line is not an event
-            }
+        }
+        let raw = trim_line(if newline.is_some() { &reader.fill_buf()?[..n] } else { &line });
+        // A blank line is not an event.
+        if !raw.iter().all(u8::is_ascii_whitespace) {
             let tag = start.elapsed().as_nanos() as u64;
-            let (name, line_no) = (&r.name, r.line_no);
+            let line_no = *line_no;
             pipeline.on_message(i, raw, || SourcePos::File { file: name.clone(), line: line_no }, None, tag, &mut out);
+        }
+        if newline.is_some() {
+            reader.consume(n);
         }
     }
     peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
@@ -430,6 +443,24 @@ impl std::fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_straddling_the_read_buffer_are_read_whole() {
+        let text = "{\"type\":\"click\",\"event_id\":\"k\",\"ts\":1,\"user_id\":\"u\",\"creator_id\":\"c\"}\n\
+                    \r\n  \n{bad\r\n\
+                    {\"type\":\"purchase\",\"event_id\":\"o\",\"ts\":2,\"user_id\":\"u\",\"order_id\":\"o\",\"currency\":\"USD\",\"items\":[{\"product_id\":\"p\",\"quantity\":1,\"unit_price\":100}]}";
+        let (whole, _) = replay_texts(&Config::default(), &[text]);
+        assert_eq!(whole.records.len(), 1);
+        assert_eq!(whole.dead_letters.len(), 1);
+        for capacity in [1, 7, 16, 64, 1 << 20] {
+            let inputs =
+                vec![Input { name: "input-0".into(), reader: BufReader::with_capacity(capacity, text.as_bytes()) }];
+            let mut sink = MemorySink::default();
+            let summary = replay(&Config::default(), inputs, &mut sink).unwrap();
+            assert_eq!(sink, whole, "buffer of {capacity} bytes");
+            assert_eq!(summary.bytes_read, text.len() as u64);
+        }
+    }
 
     #[test]
     fn summary_reports_state_peaks_over_the_limits() {
