@@ -62,6 +62,22 @@ impl<'a> Parser<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
+        // Eight bytes at a time to the first `"`, `\\` or control character (the lowest
+        // flagged byte of each test is exact).
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().ok()?);
+            let hit = zero(w ^ (ONES * u64::from(b'"')))
+                | zero(w ^ (ONES * u64::from(b'\\')))
+                | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+            if hit != 0 {
+                self.i += (hit.trailing_zeros() / 8) as usize;
+                break;
+            }
+            self.i += 8;
+        }
         loop {
             match *self.b.get(self.i)? {
                 b'"' => break,
@@ -153,11 +169,11 @@ impl<'a> Parser<'a> {
         loop {
             let key = self.key()?;
             let v = self.scalar()?;
-            let slot = match key {
-                "product_id" => 0,
-                "quantity" => 1,
-                "unit_price" => 2,
-                "category" => 3,
+            let slot = match key.as_bytes() {
+                b"product_id" => 0,
+                b"quantity" => 1,
+                b"unit_price" => 2,
+                b"category" => 3,
                 _ => usize::MAX,
             };
             if let Some(s) = slots.get_mut(slot) {
@@ -211,21 +227,40 @@ const ORDER_ID: usize = 8;
 const CURRENCY: usize = 9;
 const ITEMS: usize = 10;
 
+/// The slot of a field name, `usize::MAX` for unknown fields. By length and first byte,
+/// then one fixed-size compare: no `memcmp` calls.
 #[inline]
 fn slot_of(key: &str) -> usize {
-    match key {
-        "type" => TYPE,
-        "event_id" => EVENT_ID,
-        "ts" => TS,
-        "user_id" => USER_ID,
-        "creator_id" => CREATOR_ID,
-        "product_id" => PRODUCT_ID,
-        "content_id" => CONTENT_ID,
-        "surface" => SURFACE,
-        "order_id" => ORDER_ID,
-        "currency" => CURRENCY,
-        "items" => ITEMS,
-        _ => usize::MAX,
+    fn is<const N: usize>(key: &[u8], name: &[u8; N]) -> bool {
+        <&[u8; N]>::try_from(key).is_ok_and(|k| k == name)
+    }
+    let k = key.as_bytes();
+    let (slot, name): (usize, &[u8]) = match (k.len(), k.first()) {
+        (2, _) => (TS, b"ts"),
+        (4, _) => (TYPE, b"type"),
+        (5, _) => (ITEMS, b"items"),
+        (7, Some(b'u')) => (USER_ID, b"user_id"),
+        (7, _) => (SURFACE, b"surface"),
+        (8, Some(b'e')) => (EVENT_ID, b"event_id"),
+        (8, Some(b'o')) => (ORDER_ID, b"order_id"),
+        (8, _) => (CURRENCY, b"currency"),
+        (10, Some(b'p')) => (PRODUCT_ID, b"product_id"),
+        (10, _) if k.get(1) == Some(&b'r') => (CREATOR_ID, b"creator_id"),
+        (10, _) => (CONTENT_ID, b"content_id"),
+        _ => return usize::MAX,
+    };
+    let same = match name.len() {
+        2 => is::<2>(k, b"ts"),
+        4 => is::<4>(k, b"type"),
+        5 => is::<5>(k, b"items"),
+        7 => name.try_into().is_ok_and(|n: &[u8; 7]| is(k, n)),
+        8 => name.try_into().is_ok_and(|n: &[u8; 8]| is(k, n)),
+        _ => name.try_into().is_ok_and(|n: &[u8; 10]| is(k, n)),
+    };
+    if same {
+        slot
+    } else {
+        usize::MAX
     }
 }
 
