@@ -254,7 +254,7 @@ fn restate(args: RestateArgs) -> Result<()> {
     let restatement = attrib::restate::restate(&baseline, &config, &args.revision, open_files(&args.files)?)?;
     let mut buf = Vec::with_capacity(1 << 16);
     for r in &restatement.adjustments {
-        attrib::codec::encode_record(r, &mut buf);
+        attrib::codec::encode_record(&r.view(), &mut buf);
     }
     match &args.out {
         Some(p) => std::fs::write(p, &buf).with_context(|| format!("writing {}", p.display()))?,

@@ -233,7 +233,7 @@ impl Sink for ShardSink {
         }
         self.group();
         let buf = if record.shadow { &mut self.out.shadow } else { &mut self.out.rec };
-        encode_record(&record.to_record(), buf); // TODO(codec): the view encoder
+        encode_record(record, buf);
     }
 
     fn dead_letter(&mut self, dead_letter: DeadLetter) {

@@ -88,7 +88,7 @@ impl<R: Write, D: Write> JsonLinesSink<R, D> {
 impl<R: Write, D: Write> Sink for JsonLinesSink<R, D> {
     fn record(&mut self, record: &RecordView<'_>, _tag: u64) {
         self.buf.clear();
-        encode_record(&record.to_record(), &mut self.buf); // TODO(codec): the view encoder
+        encode_record(record, &mut self.buf);
         let r = if record.shadow {
             match &mut self.shadow {
                 Some(s) => s.write_all(&self.buf),
@@ -242,6 +242,8 @@ struct Reader<R> {
 pub(crate) struct Lines<R> {
     readers: Vec<Reader<R>>,
     line: Vec<u8>,
+    /// `(input, bytes)` of the line handed out last in place, consumed at the next call.
+    consume: Option<(usize, usize)>,
 }
 
 /// What [`Lines::next`] read.
@@ -256,7 +258,7 @@ pub(crate) enum Step<'a> {
 impl<R: BufRead> Lines<R> {
     pub fn new(inputs: Vec<Input<R>>) -> Self {
         let readers = inputs.into_iter().map(|i| Reader { name: i.name, reader: i.reader, line_no: 0 }).collect();
-        Lines { readers, line: Vec::with_capacity(4096) }
+        Lines { readers, line: Vec::with_capacity(4096), consume: None }
     }
 
     pub fn len(&self) -> usize {
@@ -265,17 +267,36 @@ impl<R: BufRead> Lines<R> {
 
     /// The next line, picked by the inputs' `watermarks`; `None` once every input ended.
     pub fn next(&mut self, watermarks: &Watermarks) -> io::Result<Option<Step<'_>>> {
+        if let Some((i, n)) = self.consume.take() {
+            self.readers[i].reader.consume(n);
+        }
         let Some(i) = next_input(watermarks, self.readers.len()) else {
             return Ok(None);
         };
         let r = &mut self.readers[i];
-        self.line.clear();
-        let n = r.reader.read_until(b'\n', &mut self.line)?;
+        // A whole line in the reader's buffer is used where it lies (and consumed at the
+        // next call); one that straddles the buffer's end is copied out.
+        let buf = r.reader.fill_buf()?;
+        let newline = memchr::memchr(b'\n', buf);
+        let n = match newline {
+            Some(p) => p + 1,
+            None if buf.is_empty() => 0,
+            None => {
+                self.line.clear();
+                r.reader.read_until(b'\n', &mut self.line)?
+            }
+        };
         if n == 0 {
             return Ok(Some(Step::End(i)));
         }
         r.line_no += 1;
-        Ok(Some(Step::Line { input: i, raw: trim_line(&self.line), name: &r.name, line_no: r.line_no, bytes: n }))
+        let raw = if newline.is_some() {
+            self.consume = Some((i, n));
+            &r.reader.fill_buf()?[..n]
+        } else {
+            &self.line[..]
+        };
+        Ok(Some(Step::Line { input: i, raw: trim_line(raw), name: &r.name, line_no: r.line_no, bytes: n }))
     }
 }
 
@@ -494,6 +515,24 @@ impl std::fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_straddling_the_read_buffer_are_read_whole() {
+        let text = "{\"type\":\"click\",\"event_id\":\"k\",\"ts\":1,\"user_id\":\"u\",\"creator_id\":\"c\"}\n\
+                    \r\n  \n{bad\r\n\
+                    {\"type\":\"purchase\",\"event_id\":\"o\",\"ts\":2,\"user_id\":\"u\",\"order_id\":\"o\",\"currency\":\"USD\",\"items\":[{\"product_id\":\"p\",\"quantity\":1,\"unit_price\":100}]}";
+        let (whole, _) = replay_texts(&Config::default(), &[text]);
+        assert_eq!(whole.records.len(), 1);
+        assert_eq!(whole.dead_letters.len(), 1);
+        for capacity in [1, 7, 16, 64, 1 << 20] {
+            let inputs =
+                vec![Input { name: "input-0".into(), reader: BufReader::with_capacity(capacity, text.as_bytes()) }];
+            let mut sink = MemorySink::default();
+            let summary = replay(&Config::default(), inputs, &mut sink).unwrap();
+            assert_eq!(sink, whole, "buffer of {capacity} bytes");
+            assert_eq!(summary.bytes_read, text.len() as u64);
+        }
+    }
 
     #[test]
     fn summary_reports_state_peaks_over_the_limits() {

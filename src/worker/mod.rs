@@ -356,7 +356,7 @@ impl Sink for LiveOut<'_> {
             self.stamps.push(self.received);
         }
         self.buf.clear();
-        encode_record(&record.to_record(), &mut self.buf); // TODO(codec): the view encoder
+        encode_record(record, &mut self.buf);
         self.buf.pop(); // no newline in a Kafka value
         let payload = std::mem::take(&mut self.buf);
         // Shadow records (SPEC 8.3) go to their own topic, in the same transaction.

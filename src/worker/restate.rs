@@ -37,7 +37,7 @@ pub fn produce_adjustments(config: &Config, restatement: &Restatement) -> Result
     let sent = (|| {
         for r in &restatement.adjustments {
             buf.clear();
-            encode_record(r, &mut buf);
+            encode_record(&r.view(), &mut buf);
             let payload = buf.strip_suffix(b"\n").unwrap_or(&buf);
             let record = BaseRecord::<str, [u8]>::to(topic).key(r.creator_id.as_str()).payload(payload);
             send_waiting(&producer, record).map_err(WorkerError::kafka("producing an adjustment"))?;
