@@ -13,13 +13,16 @@
 //!   attribution models, money, commission plan, order ledger. No I/O, no clock.
 //! - [`config`]: TOML + environment into a checked [`config::Config`].
 //! - [`replay`]: the local driver: JSONL files side by side through one engine.
+//! - [`compare`]: `attrib compare`: paid against shadow models (SPEC 8.3), as a table
+//!   or a self-contained HTML page with `plotters` charts.
 //! - [`gen`]: the seeded synthetic workload.
 //! - [`worker`]: the Kafka streaming worker (`attrib run`): consumer group, transactions,
 //!   state rebuilt from snapshots and an order log; and `attrib produce`.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
-//! - `main.rs`: the thin command line (`replay`, `gen`, `run`, `produce`).
+//! - `main.rs`: the thin command line (`replay`, `compare`, `gen`, `run`, `produce`).
 
 pub mod codec;
+pub mod compare;
 pub mod config;
 pub mod engine;
 pub mod gen;
