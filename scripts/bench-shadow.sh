@@ -8,8 +8,12 @@
 # BASE_BIN: an older binary to compare the plain replay with (optional): with no shadow
 #   models, nothing may cost more than before.
 # WORKLOAD: the JSONL input (default: `attrib gen --events 200000` into a temp dir).
-# Runs under `flock /tmp/bench.lock` when flock is there, so benchmarks don't overlap.
+# Holds `flock /tmp/bench.lock` for the whole run when flock is there, so benchmarks on
+# a shared machine don't overlap.
 set -euo pipefail
+if [ -z "${BENCH_LOCK_HELD:-}" ] && command -v flock >/dev/null; then
+  BENCH_LOCK_HELD=1 exec flock /tmp/bench.lock "$0" "$@"
+fi
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/attrib}
 BASE=${2:-}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
@@ -27,13 +31,10 @@ TOML
 cp "$DIR/plain.toml" "$DIR/shadow4.toml"
 sed -i 's/^model = "position_based"$/&\nshadow_models = ["last_touch", "first_touch", "linear", "time_decay"]/' "$DIR/shadow4.toml"
 
-LOCK=()
-command -v flock >/dev/null && LOCK=(flock /tmp/bench.lock)
-
 # instructions BIN CONFIG [extra replay args...]
 instructions() {
   local bin=$1 config=$2; shift 2
-  "${LOCK[@]}" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+  valgrind --tool=callgrind --callgrind-out-file=/dev/null \
     "$bin" replay --quiet --config "$config" --out /dev/null "$@" "$WORKLOAD" 2>&1 >/dev/null |
     sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
