@@ -30,6 +30,8 @@ enum Command {
     /// Explain one purchase: every touch of the shopper with its verdict, the split and
     /// the rates (SPEC 8.4).
     Explain(ExplainArgs),
+    /// Compare paid records against shadow-model records, per creator and currency.
+    Compare(CompareArgs),
     /// Write a seeded synthetic workload as JSONL.
     Gen(GenArgs),
     /// Run the streaming worker against Kafka (exactly once) until SIGTERM/SIGINT.
@@ -112,6 +114,11 @@ struct ReplayArgs {
     /// Write dead letters here (otherwise they are only counted).
     #[arg(long)]
     dlq: Option<PathBuf>,
+    /// Write the records of `attribution.shadow_models` here (SPEC 8.3). Without it,
+    /// shadow records are computed and counted in the summary but not written; they never
+    /// go to the paid output.
+    #[arg(long)]
+    shadow_out: Option<PathBuf>,
     /// Print only the summary: no records on stdout (unless --out), no progress bar.
     /// The progress bar also stays off when stderr is not a terminal, or when records
     /// go to a terminal on stdout.
@@ -143,6 +150,21 @@ struct ExplainArgs {
     /// Input files, as given to `attrib replay`.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Also write the comparison as one self-contained HTML page (inline SVG charts).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Creators shown per currency, largest paid first (0: all).
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// The paid records (`replay --out`).
+    paid: PathBuf,
+    /// Shadow records (`replay --shadow-out`), one file or several.
+    #[arg(required = true)]
+    shadow: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -197,6 +219,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Replay(args) => replay(args),
         Command::Explain(args) => explain(args),
+        Command::Compare(args) => compare(args),
         Command::Gen(args) => gen(args),
         Command::Run(args) => run_worker(args),
         Command::Produce(args) => produce(args),
@@ -324,6 +347,10 @@ fn replay(args: ReplayArgs) -> Result<()> {
         start: std::time::Instant::now(),
     };
     let mut sink = JsonLinesSink::new(records, dlq);
+    if let Some(p) = &args.shadow_out {
+        let file = File::create(p).with_context(|| format!("creating {}", p.display()))?;
+        sink = sink.with_shadow(Box::new(BufWriter::with_capacity(1 << 20, file)));
+    }
     let summary = match attrib::parallel::resolve_jobs(args.jobs) {
         1 => replay_observed(&config, open_files(&args.files)?, &mut sink, &mut observer)?,
         jobs => attrib::parallel::replay(&config, open_files(&args.files)?, jobs, &mut sink)?,
@@ -331,6 +358,12 @@ fn replay(args: ReplayArgs) -> Result<()> {
     sink.flush()?;
     bar.finish_and_clear();
     eprintln!("{summary}");
+    if args.shadow_out.is_none() && summary.stats.records_shadow > 0 {
+        eprintln!(
+            "  note       {} shadow records computed but not written (use --shadow-out FILE)",
+            summary.stats.records_shadow
+        );
+    }
     if !io::stderr().is_terminal() {
         io::stderr().flush()?;
     }
@@ -377,6 +410,19 @@ impl Observer for ReplayProgress {
             self.last_bytes = bytes_read;
         }
     }
+}
+
+fn compare(args: CompareArgs) -> Result<()> {
+    let comparison = attrib::compare::compare_files(&args.paid, &args.shadow)?;
+    let mut out = io::stdout().lock();
+    out.write_all(comparison.table(args.top).as_bytes())?;
+    if let Some(path) = &args.html {
+        let page = attrib::compare::html::render(&comparison, args.top)
+            .map_err(|e| anyhow::anyhow!("drawing the charts: {e}"))?;
+        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn gen(args: GenArgs) -> Result<()> {

@@ -87,6 +87,9 @@ impl<R: Write, D: Write> JsonLinesSink<R, D> {
 
 impl<R: Write, D: Write> Sink for JsonLinesSink<R, D> {
     fn record(&mut self, record: &RecordView<'_>, _tag: u64) {
+        if record.shadow && self.shadow.is_none() {
+            return; // counted by the engine, written nowhere: not worth encoding
+        }
         self.buf.clear();
         encode_record(record, &mut self.buf);
         let r = if record.shadow {

@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod explain;
+mod compare;
 mod golden;
 mod hostile;
 mod model_check;
