@@ -1,8 +1,8 @@
 //! Integration tests: one binary (as in ripgrep), one module per concern.
 
 mod checkpoint;
-mod explain;
 mod compare;
+mod explain;
 mod golden;
 mod hostile;
 mod model_check;
