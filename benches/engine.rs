@@ -51,11 +51,19 @@ fn bench_decode(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3))
         .sampling_mode(SamplingMode::Flat)
         .throughput(Throughput::Elements(lines.len() as u64));
-    g.bench_function("simd_json_decoder", |b| {
+    g.bench_function("decoder", |b| {
         let mut decoder = Decoder::new(DecodeLimits::default());
         b.iter(|| {
             for line in &lines {
                 black_box(decoder.decode(black_box(line)).is_ok());
+            }
+        })
+    });
+    g.bench_function("simd_json_reference", |b| {
+        let mut decoder = Decoder::new(DecodeLimits::default());
+        b.iter(|| {
+            for line in &lines {
+                black_box(decoder.decode_reference(black_box(line)).is_ok());
             }
         })
     });

@@ -2,6 +2,7 @@
 # The Kafka macro benchmark (issue 4): the worker end to end against a real broker.
 #
 # usage: scripts/bench-kafka.sh [events]          (default 2000000)
+#        scripts/bench-kafka.sh --secure [events] (what TLS + SASL cost; see below)
 #
 # On fresh topics (4 partitions each) it produces one seeded `attrib gen` workload
 # (--duplicates 0.01 --refunds 0.05) with `attrib produce --flush-marker`, then measures
@@ -13,6 +14,12 @@
 # then the latency runs: a worker on empty fresh topics, `attrib produce --rate R` with
 # R = half of (b)'s rate for BENCH_LATENCY_SECS of events, SIGTERM, and the worker's
 # `processing latency` log line; exactly-once on, then off.
+#
+# --secure (a broker from `scripts/kafka.sh start --secure`): instead of (a)-(c) and the
+# latency runs, the same producer and worker over plaintext and over the SASL_SSL
+# listener (SCRAM-SHA-512 over TLS, ACLs on, user attrib): `attrib produce` into fresh
+# inputs each way, and (b) `attrib run --stop-at-end` exactly-once on the plaintext-loaded
+# inputs each way. Takes the listener, CA and password from $KAFKA_HOME_DIR/secure.
 #
 # Prints a table (also in target/bench/<run>/result.md) with the machine and the exact
 # commands; raw logs in target/bench/<run>/. Deletes the topics and consumer groups it
@@ -41,7 +48,14 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 ATTRIB="$TARGET_DIR/release/attrib"
 KAFKA_COUNT="$TARGET_DIR/release/examples/kafka_count"
 
+SECURE=no
+if [[ ${1:-} == --secure ]]; then
+    SECURE=yes
+    shift
+fi
 EVENTS=${1:-2000000}
+KAFKA_HOME_DIR=${KAFKA_HOME_DIR:-$REPO_ROOT/target/kafka}
+SECURE_DIR="$KAFKA_HOME_DIR/secure"
 BROKERS=${BENCH_BROKERS:-127.0.0.1:9092}
 SEED=${BENCH_SEED:-7}
 LATENCY_SECS=${BENCH_LATENCY_SECS:-60}
@@ -171,11 +185,19 @@ latency_runs=(eo)
 
 to_create=()
 for k in "${INPUT_KINDS[@]}"; do to_create+=("$(topic "in-$k")"); done
-for r in eo alo; do to_create+=("$(topic "$r-commissions")" "$(topic "$r-dlq")"); done
-for r in "${latency_runs[@]}"; do
-    for k in "${INPUT_KINDS[@]}"; do to_create+=("$(topic "lat$r-$k")"); done
-    to_create+=("$(topic "lat$r-commissions")" "$(topic "lat$r-dlq")")
-done
+if [[ $SECURE == yes ]]; then
+    [[ -s $SECURE_DIR/bootstrap ]] ||
+        die "no secure listener ($SECURE_DIR/bootstrap missing): start the broker with scripts/kafka.sh start --secure"
+    SECURE_BROKERS=$(cat "$SECURE_DIR/bootstrap")
+    for k in "${INPUT_KINDS[@]}"; do to_create+=("$(topic "sin-$k")"); done
+    for r in eo sec; do to_create+=("$(topic "$r-commissions")" "$(topic "$r-dlq")"); done
+else
+    for r in eo alo; do to_create+=("$(topic "$r-commissions")" "$(topic "$r-dlq")"); done
+    for r in "${latency_runs[@]}"; do
+        for k in "${INPUT_KINDS[@]}"; do to_create+=("$(topic "lat$r-$k")"); done
+        to_create+=("$(topic "lat$r-commissions")" "$(topic "lat$r-dlq")")
+    done
+fi
 
 say "creating ${#to_create[@]} topics ($PARTITIONS partitions each; state topics: by the workers)"
 TOPICS_CREATED=yes
@@ -280,31 +302,36 @@ say "${PRODUCE_LINE:-produced}"
 
 MACHINE_LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
+
 # ---------------------------------------------------------------------------
 # (a) the ceiling.
 
-count_args=(--brokers "$BROKERS" --topics "$(inputs_of in)")
-note_command "$KAFKA_COUNT" "${count_args[@]}"
-say "(a) kafka_count over the inputs"
-"$KAFKA_COUNT" "${count_args[@]}" >"$OUT/a-kafka_count.log" 2>&1 ||
-    { cat "$OUT/a-kafka_count.log" >&2; die "kafka_count failed"; }
-A_LINE=$(grep '^kafka_count:' "$OUT/a-kafka_count.log")
-say "$A_LINE"
-A_MSGS=$(awk '{print $2}' <<<"$A_LINE")
-A_SECS=$(awk '{for (i = 1; i <= NF; i++) if ($i == "in") print $(i + 1)}' <<<"$A_LINE")
-A_RATE=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") print $(i + 1)}' <<<"$A_LINE")
+if [[ $SECURE == no ]]; then
+    count_args=(--brokers "$BROKERS" --topics "$(inputs_of in)")
+    note_command "$KAFKA_COUNT" "${count_args[@]}"
+    say "(a) kafka_count over the inputs"
+    "$KAFKA_COUNT" "${count_args[@]}" >"$OUT/a-kafka_count.log" 2>&1 ||
+        { cat "$OUT/a-kafka_count.log" >&2; die "kafka_count failed"; }
+    A_LINE=$(grep '^kafka_count:' "$OUT/a-kafka_count.log")
+    say "$A_LINE"
+    A_MSGS=$(awk '{print $2}' <<<"$A_LINE")
+    A_SECS=$(awk '{for (i = 1; i <= NF; i++) if ($i == "in") print $(i + 1)}' <<<"$A_LINE")
+    A_RATE=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") print $(i + 1)}' <<<"$A_LINE")
+fi
 
 # ---------------------------------------------------------------------------
 # (b), (c): the worker catching up on the same inputs.
 
 # Sets RUN_EVENTS RUN_SECS RUN_RATE RUN_WALL RUN_RECORDS.
-catch_up() { # catch_up SET EXACTLY_ONCE
+catch_up() { # catch_up SET EXACTLY_ONCE [secure]
     local set=$1 eo=$2 log="$OUT/$1-worker.log"
     worker_env "$set" in
     WENV+=("ATTRIB__KAFKA__EXACTLY_ONCE=$eo")
+    [[ ${3:-} == secure ]] && WENV+=("${SECURE_ENV[@]}")
     note_command env "${WENV[@]}" "$ATTRIB" run --stop-at-end
-    local started=$EPOCHREALTIME
-    env "${WENV[@]}" "$ATTRIB" run --stop-at-end >"$log" 2>&1 &
+    local started=$EPOCHREALTIME secret=()
+    [[ ${3:-} == secure ]] && secret=("ATTRIB__KAFKA__CLIENT__SASL_PASSWORD=$SECURE_PASSWORD")
+    env "${WENV[@]}" "${secret[@]}" "$ATTRIB" run --stop-at-end >"$log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
     wait_pid "$pid" "$RUN_TIMEOUT" "attrib run ($set)" ||
@@ -318,6 +345,82 @@ catch_up() { # catch_up SET EXACTLY_ONCE
     RUN_RATE=$(field events_per_sec "$line")
     RUN_RECORDS=$(field records "$(last_line "stopped" "$log")")
 }
+
+# ---------------------------------------------------------------------------
+# --secure: plaintext vs SASL_SSL, producer and worker.
+
+if [[ $SECURE == yes ]]; then
+    # The password reaches attrib through the environment only; commands.sh shows where
+    # it comes from, never the value.
+    SECURE_PASSWORD=$(cat "$SECURE_DIR/attrib.password")
+    # shellcheck disable=SC2016  # for the reader's shell
+    printf '# the SASL_SSL commands below also get ATTRIB__KAFKA__CLIENT__SASL_PASSWORD="$(cat %q)"\n' \
+        "$SECURE_DIR/attrib.password" >>"$COMMANDS"
+    SECURE_ENV=(
+        "ATTRIB__KAFKA__BROKERS=$SECURE_BROKERS"
+        "ATTRIB__KAFKA__CLIENT__SECURITY_PROTOCOL=SASL_SSL"
+        "ATTRIB__KAFKA__CLIENT__SASL_MECHANISM=SCRAM-SHA-512"
+        "ATTRIB__KAFKA__CLIENT__SASL_USERNAME=attrib"
+        "ATTRIB__KAFKA__CLIENT__SSL_CA_LOCATION=$SECURE_DIR/ca.pem"
+    )
+    in_topics=() sin_topics=()
+    for k in "${INPUT_KINDS[@]}"; do in_topics+=("$(topic "in-$k")"); sin_topics+=("$(topic "sin-$k")"); done
+    grant=("$KAFKA_SH" grant-worker attrib "$(topic sec-group)" "$(topic sec-worker)" "$(topic sec-state)"
+           "$(topic sec-commissions)" "$(topic sec-dlq)" "${in_topics[@]}")
+    note_command "${grant[@]}"
+    note_command "$KAFKA_SH" grant-producer attrib "${sin_topics[@]}"
+    say "granting the attrib user the worker's ACLs and Write on $(inputs_of sin)"
+    { "${grant[@]}" && "$KAFKA_SH" grant-producer attrib "${sin_topics[@]}"; } >"$OUT/acls.log" 2>&1 ||
+        { cat "$OUT/acls.log" >&2; die "adding ACLs failed (is the broker started with --secure?)"; }
+
+    producer_env sin
+    PENV+=("${SECURE_ENV[@]}")
+    note_command env "${PENV[@]}" "$ATTRIB" produce --flush-marker "$WORKLOAD"
+    say "producing the workload over SASL_SSL into $(inputs_of sin)"
+    env "${PENV[@]}" "ATTRIB__KAFKA__CLIENT__SASL_PASSWORD=$SECURE_PASSWORD" \
+        "$ATTRIB" produce --flush-marker "$WORKLOAD" 2>"$OUT/produce-secure.log" ||
+        { cat "$OUT/produce-secure.log" >&2; die "attrib produce over SASL_SSL failed"; }
+    SPRODUCE_LINE=$(grep '^produced ' "$OUT/produce-secure.log" || true)
+    say "${SPRODUCE_LINE:-produced}"
+
+    say "(b) attrib run --stop-at-end, exactly-once, plaintext"
+    catch_up eo true
+    B_EVENTS=$RUN_EVENTS B_SECS=$RUN_SECS B_RATE=$RUN_RATE B_WALL=$RUN_WALL
+    say "(b) $B_EVENTS events in $B_SECS s = $B_RATE events/s (process $B_WALL s)"
+    say "(s) attrib run --stop-at-end, exactly-once, SASL_SSL"
+    catch_up sec true secure
+    S_EVENTS=$RUN_EVENTS S_SECS=$RUN_SECS S_RATE=$RUN_RATE S_WALL=$RUN_WALL
+    say "(s) $S_EVENTS events in $S_SECS s = $S_RATE events/s (process $S_WALL s)"
+    MACHINE_LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+    rate_of() { awk '{for (i = 1; i <= NF; i++) if ($i == "=") print $(i + 1)}' <<<"$1"; }
+    secs_of() { awk '{for (i = 1; i <= NF; i++) if ($i == "in") print $(i + 1)}' <<<"$1"; }
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+    {
+        echo "## Kafka TLS + SASL cost: $RUN_ID"
+        echo
+        echo "$EVENTS generated events (seed $SEED, --duplicates 0.01 --refunds 0.05), 4 input topics x"
+        echo "$PARTITIONS partitions. Plaintext: $BROKERS; secure: $SECURE_BROKERS (SASL_SSL, SCRAM-SHA-512, TLS, ACLs)."
+        echo
+        echo "| run | plaintext s | plaintext events/s | SASL_SSL s | SASL_SSL events/s | SASL_SSL / plaintext |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        echo "| attrib produce --flush-marker (unpaced) | $(secs_of "$PRODUCE_LINE") | $(rate_of "$PRODUCE_LINE") | $(secs_of "$SPRODUCE_LINE") | $(rate_of "$SPRODUCE_LINE") | $(ratio "$(rate_of "$SPRODUCE_LINE")" "$(rate_of "$PRODUCE_LINE")") |"
+        echo "| attrib run --stop-at-end, exactly-once (\`caught up\` line) | $B_SECS | $B_RATE | $S_SECS | $S_RATE | $(ratio "$S_RATE" "$B_RATE") |"
+        echo
+        echo "Whole worker process (start, join, restore, catch-up, final commit, exit): plaintext $B_WALL s, SASL_SSL $S_WALL s."
+        echo "Machine: $(nproc) cores; load average $MACHINE_LOAD_START at the start, $MACHINE_LOAD_END at the end."
+        echo "Commit $(cd "$REPO_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$REPO_ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')."
+        echo
+        echo "Commands (in order):"
+        echo
+        echo '```sh'
+        sed "s#$REPO_ROOT/##g" "$COMMANDS"
+        echo '```'
+    } >"$OUT/result.md"
+    cat "$OUT/result.md"
+    say "done; logs and result.md in $OUT"
+    exit 0
+fi
+
 
 say "(b) attrib run --stop-at-end, exactly-once"
 catch_up eo true

@@ -3,11 +3,13 @@
 # for developing and testing attrib, with no Docker and no Kafka download
 # besides Maven Central. See docs/kafka.md.
 #
-# usage: scripts/kafka.sh start
+# usage: scripts/kafka.sh start [--secure]  # --secure: also a SASL_SSL listener, ACLs on
 #        scripts/kafka.sh stop [--clean]
 #        scripts/kafka.sh status
 #        scripts/kafka.sh topics ARGS...       # org.apache.kafka.tools.TopicCommand
 #        scripts/kafka.sh run-class CLASS ARGS...  # any class on the Kafka classpath
+#        scripts/kafka.sh grant-worker USER GROUP TXN_PREFIX STATE OUTPUT DLQ INPUT...
+#        scripts/kafka.sh grant-producer USER TOPIC...   # Write (attrib produce, loaders)
 #
 # Environment (all optional):
 #   KAFKA_HOME_DIR         where everything lives      (default <repo>/target/kafka)
@@ -19,6 +21,7 @@
 #   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 30)
 #   KAFKA_HEAP_OPTS        broker heap                 (default "-Xms256m -Xmx1g")
 #   KAFKA_EXTRA_PROPERTIES extra server.properties lines, appended (they win)
+#   KAFKA_SECURE_PORT      SASL_SSL listener port (start --secure) (default 9094)
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,6 +44,8 @@ KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
 KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}
 KAFKA_EXTRA_PROPERTIES=${KAFKA_EXTRA_PROPERTIES:-}
+KAFKA_SECURE_PORT=${KAFKA_SECURE_PORT:-9094}
+SECURE=no
 
 HOST=127.0.0.1
 # Keep in sync with docker-compose.yml and docs/kafka.md.
@@ -52,7 +57,13 @@ LOG_FILE="$KAFKA_HOME_DIR/kafka.log"
 OUT_FILE="$KAFKA_HOME_DIR/kafka.out"
 SERVER_PROPS="$KAFKA_HOME_DIR/server.properties"
 ADMIN_PROPS="$KAFKA_HOME_DIR/admin.properties"
+# Patient admin client settings for the user and ACL commands (a loaded machine).
+TOOLS_PROPS="$KAFKA_HOME_DIR/tools.properties"
 BOOTSTRAP_FILE="$KAFKA_HOME_DIR/kafka.bootstrap"
+# start --secure: the throwaway CA, the broker's keystore, the SCRAM users' passwords
+# and the SASL_SSL listener's host:port (see write_secure_files).
+SECURE_DIR="$KAFKA_HOME_DIR/secure"
+MODE_FILE="$KAFKA_HOME_DIR/kafka.mode"
 LIBS_STAMP="$KAFKA_LIBS_DIR/.fetched"
 
 # Short-lived tool JVMs start faster with these.
@@ -63,7 +74,7 @@ say() { echo "kafka.sh: $*" >&2; }
 die() { echo "kafka.sh: error: $*" >&2; exit 1; }
 
 usage() {
-    sed -n '6,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '6,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -75,6 +86,12 @@ check_settings() {
         die "KAFKA_CONTROLLER_PORT must be a port number, got '$KAFKA_CONTROLLER_PORT'"
     [[ $KAFKA_PORT != "$KAFKA_CONTROLLER_PORT" ]] ||
         die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ (both $KAFKA_PORT)"
+    if [[ $SECURE == yes ]]; then
+        is_port_number "$KAFKA_SECURE_PORT" ||
+            die "KAFKA_SECURE_PORT must be a port number, got '$KAFKA_SECURE_PORT'"
+        [[ $KAFKA_SECURE_PORT != "$KAFKA_PORT" && $KAFKA_SECURE_PORT != "$KAFKA_CONTROLLER_PORT" ]] ||
+            die "KAFKA_SECURE_PORT ($KAFKA_SECURE_PORT) must differ from KAFKA_PORT and KAFKA_CONTROLLER_PORT"
+    fi
     [[ $KAFKA_PARTITIONS =~ ^[1-9][0-9]*$ ]] ||
         die "KAFKA_PARTITIONS must be a positive integer, got '$KAFKA_PARTITIONS'"
     [[ $KAFKA_START_TIMEOUT =~ ^[1-9][0-9]*$ ]] ||
@@ -206,16 +223,32 @@ server_started_logged() {
     fi
 }
 
+write_tools_props() {
+    cat >"$TOOLS_PROPS" <<EOF
+# Admin client settings for the user and ACL commands of scripts/kafka.sh.
+request.timeout.ms=30000
+default.api.timeout.ms=120000
+EOF
+}
+
 write_config() {
+    local listeners="PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT"
+    local advertised="PLAINTEXT://$HOST:$KAFKA_PORT"
+    local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if [[ $SECURE == yes ]]; then
+        listeners+=",SASL_SSL://$HOST:$KAFKA_SECURE_PORT"
+        advertised+=",SASL_SSL://$HOST:$KAFKA_SECURE_PORT"
+        protocols+=",SASL_SSL:SASL_SSL"
+    fi
     cat >"$SERVER_PROPS" <<EOF
 # Written by scripts/kafka.sh on every start; edits are lost.
 # Single-node KRaft: this process is both broker and controller.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$protocols
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$DATA_DIR
@@ -249,9 +282,29 @@ transaction.max.timeout.ms=900000
 log.retention.hours=168
 log.segment.bytes=268435456
 EOF
+    if [[ $SECURE == yes ]]; then
+        cat >>"$SERVER_PROPS" <<EOF
+
+# start --secure: a SASL_SSL listener (SCRAM-SHA-512 over TLS with the throwaway CA
+# of $SECURE_DIR) and ACLs. The plaintext and controller listeners authenticate
+# nobody (principal ANONYMOUS), so ANONYMOUS stays a super user: the tools of this
+# script and the plaintext test suite keep working. Development only.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$SECURE_DIR/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=$(cat "$SECURE_DIR/keystore.password")
+listener.name.sasl_ssl.ssl.key.password=$(cat "$SECURE_DIR/keystore.password")
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:ANONYMOUS
+EOF
+    fi
     if [[ -n $KAFKA_EXTRA_PROPERTIES ]]; then
         printf '\n# KAFKA_EXTRA_PROPERTIES\n%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$SERVER_PROPS"
     fi
+    write_tools_props
     cat >"$ADMIN_PROPS" <<EOF
 # Admin client settings for the readiness checks of scripts/kafka.sh.
 request.timeout.ms=5000
@@ -309,6 +362,110 @@ create_topics() {
     (( ${#failed[@]} == 0 )) || die "creating topic(s) ${failed[*]} failed (output above)"
 }
 
+# start --secure: a throwaway CA and a broker certificate for 127.0.0.1 / localhost
+# (made once, kept in $SECURE_DIR), and random passwords for the keystore and the two
+# SCRAM users: `attrib` (granted what a worker with the default config needs) and
+# `norights` (granted nothing). Files are readable by their owner only.
+write_secure_files() {
+    command -v openssl >/dev/null 2>&1 || die "openssl not found on PATH; start --secure needs it (Debian: apt-get install openssl)"
+    mkdir -p "$SECURE_DIR"
+    chmod 700 "$SECURE_DIR"
+    local f
+    for f in keystore attrib norights; do
+        [[ -s $SECURE_DIR/$f.password ]] || (umask 077; openssl rand -hex 16 >"$SECURE_DIR/$f.password")
+    done
+    if [[ ! -s $SECURE_DIR/broker.p12 || ! -s $SECURE_DIR/ca.pem ]]; then
+        say "generating a throwaway CA and broker certificate in $SECURE_DIR"
+        local log="$SECURE_DIR/openssl.log"
+        (
+            cd "$SECURE_DIR"
+            umask 077
+            set -e
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+                -subj "/CN=attrib throwaway dev CA" \
+                -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+            openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=localhost"
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >broker.ext
+            openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -set_serial "0x$(openssl rand -hex 8)" \
+                -days 3650 -extfile broker.ext -out broker.pem
+            openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+                -out broker.p12 -passout "file:keystore.password"
+            rm -f broker.csr broker.ext
+            chmod 644 ca.pem
+        ) >"$log" 2>&1 || { cat "$log" >&2; die "generating the certificates failed (output above)"; }
+    fi
+}
+
+# Sets the SCRAM-SHA-512 credentials of both users (over the plaintext listener, as the
+# super user); idempotent.
+create_users() {
+    local user pids=() failed=no
+    for user in attrib norights; do
+        java_tool org.apache.kafka.tools.ConfigCommand --bootstrap-server "$HOST:$KAFKA_PORT" \
+            --command-config "$TOOLS_PROPS" --alter --entity-type users --entity-name "$user" \
+            --add-config "SCRAM-SHA-512=[iterations=8192,password=$(cat "$SECURE_DIR/$user.password")]" \
+            >/dev/null 2>"$SECURE_DIR/users.$user.log" &
+        pids+=("$!")
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || failed=yes; done
+    [[ $failed == no ]] || { cat "$SECURE_DIR"/users.*.log >&2; die "creating the SCRAM users failed (output above)"; }
+}
+
+# Adds ACLs (AclCommand --add ARGS...); quiet unless it fails.
+acl() {
+    [[ -f $TOOLS_PROPS ]] || write_tools_props
+    local out
+    if ! out=$(java_tool org.apache.kafka.tools.AclCommand --bootstrap-server "$(bootstrap)" \
+        --command-config "$TOOLS_PROPS" --add "$@" 2>&1); then
+        echo "$out" >&2
+        return 1
+    fi
+}
+
+# The ACLs of one worker (docs/kafka.md, "ACLs a worker needs"), over the plaintext
+# listener as the super user. Usage: grant_worker USER GROUP TXN_PREFIX STATE OUTPUT DLQ INPUT...
+grant_worker() {
+    (( $# >= 7 )) || die "usage: scripts/kafka.sh grant-worker USER GROUP TXN_PREFIX STATE OUTPUT DLQ INPUT..."
+    local user=$1 group=$2 txn=$3 state=$4 output=$5 dlq=$6
+    shift 6
+    local p="User:$user" in_args=() t
+    for t in "$@"; do in_args+=(--topic "$t"); done
+    local -a pids=()
+    # Read the inputs and the state topic, in the worker's group and its restore group.
+    acl --allow-principal "$p" --operation Read --operation Describe "${in_args[@]}" --topic "$state" \
+        --group "$group" --group "$group-restore" &
+    pids+=("$!")
+    # Write records, dead letters and state.
+    acl --allow-principal "$p" --operation Write --operation Describe \
+        --topic "$output" --topic "$dlq" --topic "$state" &
+    pids+=("$!")
+    # Create the state topic when it is missing.
+    acl --allow-principal "$p" --operation Create --topic "$state" &
+    pids+=("$!")
+    # Transactions: every transactional id starting with the prefix.
+    acl --allow-principal "$p" --operation Write --operation Describe \
+        --resource-pattern-type prefixed --transactional-id "$txn" &
+    pids+=("$!")
+    local pid failed=no
+    for pid in "${pids[@]}"; do wait "$pid" || failed=yes; done
+    [[ $failed == no ]] || die "adding the ACLs of $p failed (output above)"
+}
+
+# What start --secure adds once the broker answers: users, the default worker's ACLs.
+secure_setup() {
+    say "creating SCRAM-SHA-512 users attrib and norights; ACLs for attrib (default topics, group attrib)"
+    create_users
+    # The default transactional id is <group_id>-<hostname>: prefix "attrib-".
+    grant_worker attrib attrib attrib- attrib.state commissions attrib.dlq views clicks purchases refunds
+    echo "$HOST:$KAFKA_SECURE_PORT" >"$SECURE_DIR/bootstrap"
+    local deadline=$((SECONDS + 30))
+    until port_open "$KAFKA_SECURE_PORT"; do
+        (( SECONDS < deadline )) || die "the SASL_SSL listener $HOST:$KAFKA_SECURE_PORT does not accept connections"
+        sleep 0.5
+    done
+    say "SASL_SSL listener at $HOST:$KAFKA_SECURE_PORT: CA $SECURE_DIR/ca.pem, users attrib and norights (passwords in $SECURE_DIR/<user>.password)"
+}
+
 stop_pid() {
     local pid=$1 waited=0
     kill -TERM "$pid" 2>/dev/null || true
@@ -331,19 +488,25 @@ stop_pid() {
 do_start() {
     local pid
     if pid=$(running_pid); then
+        local mode
+        mode=$(cat "$MODE_FILE" 2>/dev/null || echo plain)
+        [[ $mode == "$( [[ $SECURE == yes ]] && echo secure || echo plain)" ]] ||
+            die "already running (pid $pid) in $mode mode; stop it first to switch"
         say "already running (pid $pid) at $(cat "$BOOTSTRAP_FILE" 2>/dev/null || echo "$HOST:$KAFKA_PORT")"
         return 0
     fi
-    rm -f "$PID_FILE" "$BOOTSTRAP_FILE"
+    rm -f "$PID_FILE" "$BOOTSTRAP_FILE" "$MODE_FILE" "$SECURE_DIR/bootstrap"
 
-    local port
-    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    local port ports=("$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT")
+    [[ $SECURE == yes ]] && ports+=("$KAFKA_SECURE_PORT")
+    for port in "${ports[@]}"; do
         if port_open "$port"; then
             die "port $HOST:$port is already in use by another process (not the broker of $KAFKA_HOME_DIR); stop it or set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
         fi
     done
 
     fetch_libs
+    [[ $SECURE == yes ]] && write_secure_files
     write_config
     format_storage
 
@@ -392,6 +555,12 @@ do_start() {
     done
     say "broker answers after $((SECONDS - started))s; ensuring topics: ${TOPICS[*]} ($KAFKA_PARTITIONS partitions)"
     create_topics
+    if [[ $SECURE == yes ]]; then
+        secure_setup
+        echo secure >"$MODE_FILE"
+    else
+        echo plain >"$MODE_FILE"
+    fi
     say "Kafka running (pid $pid) at $HOST:$KAFKA_PORT"
 }
 
@@ -404,7 +573,7 @@ do_stop() {
     else
         say "not running"
     fi
-    rm -f "$PID_FILE" "$BOOTSTRAP_FILE"
+    rm -f "$PID_FILE" "$BOOTSTRAP_FILE" "$MODE_FILE" "$SECURE_DIR/bootstrap"
     if [[ $clean == yes ]]; then
         say "removing $DATA_DIR"
         rm -rf "$DATA_DIR"
@@ -415,7 +584,12 @@ cmd=${1:-}
 [[ $# -gt 0 ]] && shift
 case $cmd in
     start)
-        [[ $# -eq 0 ]] || die "start takes no arguments"
+        case ${1:-} in
+            "") ;;
+            --secure) SECURE=yes; shift ;;
+            *) die "usage: scripts/kafka.sh start [--secure]" ;;
+        esac
+        [[ $# -eq 0 ]] || die "usage: scripts/kafka.sh start [--secure]"
         check_settings
         need_java
         with_lock do_start
@@ -431,8 +605,10 @@ case $cmd in
         ;;
     status)
         if pid=$(running_pid); then
+            secure=""
+            [[ -s $SECURE_DIR/bootstrap ]] && secure=", SASL_SSL $(cat "$SECURE_DIR/bootstrap")"
             if port_open "$(bootstrap | cut -d: -f2)"; then
-                echo "running (pid $pid), bootstrap $(bootstrap)"
+                echo "running (pid $pid), bootstrap $(bootstrap)$secure"
             else
                 echo "running (pid $pid, not accepting connections yet), bootstrap $(bootstrap)"
             fi
@@ -450,6 +626,22 @@ case $cmd in
         done
         [[ $has_bootstrap == yes ]] || args=(--bootstrap-server "$(bootstrap)" "${args[@]}")
         exec java "${TOOLS_JVM_OPTS[@]}" -cp "$KAFKA_LIBS_DIR/*" org.apache.kafka.tools.TopicCommand "${args[@]}"
+        ;;
+    grant-producer)
+        (( $# >= 2 )) || die "usage: scripts/kafka.sh grant-producer USER TOPIC..."
+        ensure_libs
+        [[ $(cat "$MODE_FILE" 2>/dev/null) == secure ]] || die "the broker runs without ACLs; start it with --secure"
+        user=$1
+        shift
+        topic_args=()
+        for t in "$@"; do topic_args+=(--topic "$t"); done
+        acl --allow-principal "User:$user" --operation Write --operation Describe "${topic_args[@]}"
+        ;;
+    grant-worker)
+        ensure_libs
+        running_pid >/dev/null || die "no broker runs (scripts/kafka.sh start --secure)"
+        [[ $(cat "$MODE_FILE" 2>/dev/null) == secure ]] || die "the broker runs without ACLs; start it with --secure"
+        grant_worker "$@"
         ;;
     run-class)
         [[ $# -gt 0 ]] || die "usage: scripts/kafka.sh run-class CLASS [ARGS...]"

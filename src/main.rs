@@ -27,12 +27,44 @@ struct Cli {
 enum Command {
     /// Replay JSONL fixture files through the engine (no broker).
     Replay(ReplayArgs),
+    /// Explain one purchase: every touch of the shopper with its verdict, the split and
+    /// the rates (SPEC 8.4).
+    Explain(ExplainArgs),
+    /// Compare paid records against shadow-model records, per creator and currency.
+    Compare(CompareArgs),
     /// Write a seeded synthetic workload as JSONL.
     Gen(GenArgs),
     /// Run the streaming worker against Kafka (exactly once) until SIGTERM/SIGINT.
     Run(RunArgs),
     /// Load JSONL files into the input topics (topic by event type, key user_id).
     Produce(ProduceArgs),
+    /// Restate history under a new config: adjustment records for every (purchase,
+    /// item, creator) whose net amount differs from the baseline's (SPEC 8.5).
+    Restate(RestateArgs),
+}
+
+#[derive(Args)]
+struct RestateArgs {
+    /// The config the events were paid under (TOML).
+    #[arg(long)]
+    baseline: PathBuf,
+    /// The config to restate to (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// The restatement's name: adjustment ids end in `:adj:NAME`, so a second run with
+    /// the same name writes the same ids.
+    #[arg(long)]
+    revision: String,
+    /// Write the adjustment records here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also produce the adjustments to the new config's `kafka.output_topic`, in one
+    /// transaction.
+    #[arg(long)]
+    kafka: bool,
+    /// Input files, as for `replay`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -82,14 +114,57 @@ struct ReplayArgs {
     /// Write dead letters here (otherwise they are only counted).
     #[arg(long)]
     dlq: Option<PathBuf>,
+    /// Write the records of `attribution.shadow_models` here (SPEC 8.3). Without it,
+    /// shadow records are computed and counted in the summary but not written; they never
+    /// go to the paid output.
+    #[arg(long)]
+    shadow_out: Option<PathBuf>,
     /// Print only the summary: no records on stdout (unless --out), no progress bar.
     /// The progress bar also stays off when stderr is not a terminal, or when records
     /// go to a terminal on stdout.
     #[arg(long, short)]
     quiet: bool,
+    /// Engines to split the shoppers over, each on its own thread (0: every core). The
+    /// output is the same, byte for byte, whatever the number (SPEC 8.7).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// Input files; each is one input with its own watermark.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The purchase's event_id.
+    #[arg(long)]
+    purchase: String,
+    /// The shopper, when shoppers share the purchase's event_id.
+    #[arg(long)]
+    user: Option<String>,
+    /// Config file (TOML); ATTRIB__SECTION__KEY variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// One JSON object (SPEC 8.4) instead of the human form.
+    #[arg(long)]
+    json: bool,
+    /// Input files, as given to `attrib replay`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Also write the comparison as one self-contained HTML page (inline SVG charts).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Creators shown per currency, largest paid first (0: all).
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// The paid records (`replay --out`).
+    paid: PathBuf,
+    /// Shadow records (`replay --shadow-out`), one file or several.
+    #[arg(required = true)]
+    shadow: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -143,9 +218,12 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Replay(args) => replay(args),
+        Command::Explain(args) => explain(args),
+        Command::Compare(args) => compare(args),
         Command::Gen(args) => gen(args),
         Command::Run(args) => run_worker(args),
         Command::Produce(args) => produce(args),
+        Command::Restate(args) => restate(args),
     }
 }
 
@@ -188,6 +266,40 @@ fn produce(args: ProduceArgs) -> Result<()> {
     let events = sent.events();
     eprintln!("produced {events} events in {secs:.3} s = {:.0} events/s", events as f64 / secs.max(1e-9));
     Ok(())
+}
+
+fn restate(args: RestateArgs) -> Result<()> {
+    attrib::restate::check_revision(&args.revision).map_err(anyhow::Error::msg)?;
+    // Environment overrides apply to both configs alike.
+    let baseline =
+        Config::load(Some(&args.baseline)).with_context(|| format!("--baseline {}", args.baseline.display()))?;
+    let config = Config::load(Some(&args.config)).with_context(|| format!("--config {}", args.config.display()))?;
+    let restatement = attrib::restate::restate(&baseline, &config, &args.revision, open_files(&args.files)?)?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    for r in &restatement.adjustments {
+        attrib::codec::encode_record(&r.view(), &mut buf);
+    }
+    match &args.out {
+        Some(p) => std::fs::write(p, &buf).with_context(|| format!("writing {}", p.display()))?,
+        None => io::stdout().lock().write_all(&buf)?,
+    }
+    if args.kafka {
+        restate_kafka(&config, &restatement)?;
+    }
+    eprintln!("{restatement}");
+    Ok(())
+}
+
+#[cfg(feature = "kafka")]
+fn restate_kafka(config: &Config, restatement: &attrib::restate::Restatement) -> Result<()> {
+    let n = attrib::worker::restate::produce_adjustments(config, restatement)?;
+    eprintln!("produced {n} adjustment(s) to {} in one transaction", config.kafka.output_topic);
+    Ok(())
+}
+
+#[cfg(not(feature = "kafka"))]
+fn restate_kafka(_: &Config, _: &attrib::restate::Restatement) -> Result<()> {
+    anyhow::bail!("--kafka needs the kafka feature")
 }
 
 fn replay(args: ReplayArgs) -> Result<()> {
@@ -235,12 +347,42 @@ fn replay(args: ReplayArgs) -> Result<()> {
         start: std::time::Instant::now(),
     };
     let mut sink = JsonLinesSink::new(records, dlq);
-    let summary = replay_observed(&config, open_files(&args.files)?, &mut sink, &mut observer)?;
+    if let Some(p) = &args.shadow_out {
+        let file = File::create(p).with_context(|| format!("creating {}", p.display()))?;
+        sink = sink.with_shadow(Box::new(BufWriter::with_capacity(1 << 20, file)));
+    }
+    let summary = match attrib::parallel::resolve_jobs(args.jobs) {
+        1 => replay_observed(&config, open_files(&args.files)?, &mut sink, &mut observer)?,
+        jobs => attrib::parallel::replay(&config, open_files(&args.files)?, jobs, &mut sink)?,
+    };
     sink.flush()?;
     bar.finish_and_clear();
     eprintln!("{summary}");
+    if args.shadow_out.is_none() && summary.stats.records_shadow > 0 {
+        eprintln!(
+            "  note       {} shadow records computed but not written (use --shadow-out FILE)",
+            summary.stats.records_shadow
+        );
+    }
     if !io::stderr().is_terminal() {
         io::stderr().flush()?;
+    }
+    Ok(())
+}
+
+fn explain(args: ExplainArgs) -> Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    let req = attrib::explain::Request { purchase_event_id: args.purchase, user_id: args.user };
+    let out = attrib::explain::explain_files(&config, &args.files, &req)?;
+    let mut stdout = io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", out.to_json())?;
+    } else {
+        write!(stdout, "{}", out.to_text())?;
+    }
+    stdout.flush()?;
+    if let Some(why) = &out.not_final {
+        anyhow::bail!("purchase {:?} is not final at the end of the input: {why}", out.purchase_event_id);
     }
     Ok(())
 }
@@ -268,6 +410,19 @@ impl Observer for ReplayProgress {
             self.last_bytes = bytes_read;
         }
     }
+}
+
+fn compare(args: CompareArgs) -> Result<()> {
+    let comparison = attrib::compare::compare_files(&args.paid, &args.shadow)?;
+    let mut out = io::stdout().lock();
+    out.write_all(comparison.table(args.top).as_bytes())?;
+    if let Some(path) = &args.html {
+        let page = attrib::compare::html::render(&comparison, args.top)
+            .map_err(|e| anyhow::anyhow!("drawing the charts: {e}"))?;
+        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn gen(args: GenArgs) -> Result<()> {

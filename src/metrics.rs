@@ -155,6 +155,7 @@ impl Metrics {
         add(refunds.with_label_values(&["unknown_order"]), Box::new(|s| s.refund_unknown_order));
         add(refunds.with_label_values(&["unattributed_order"]), Box::new(|s| s.refund_unattributed_order));
         add(refunds.with_label_values(&["expired"]), Box::new(|s| s.refund_expired));
+        add(refunds.with_label_values(&["after_lock"]), Box::new(|s| s.refund_after_lock));
         add(
             int_counter(
                 &r,
@@ -166,6 +167,7 @@ impl Metrics {
         let records = int_counter_vec(&r, "attrib_records_total", "Records written, by kind.", &["kind"]);
         add(records.with_label_values(&["commission"]), Box::new(|s| s.records_commission));
         add(records.with_label_values(&["reversal"]), Box::new(|s| s.records_reversal));
+        add(records.with_label_values(&["lock"]), Box::new(|s| s.records_lock));
         add(
             int_counter(
                 &r,
@@ -290,6 +292,13 @@ impl Metrics {
                 if let Ok(delta @ 1..) = u64::try_from(delta) {
                     self.commission_minor.with_label_values(&[currency.as_str(), kind]).inc_by(delta);
                 }
+            }
+        }
+        // Locked amounts (SPEC 8.2) are net of reversals, so never negative.
+        for (currency, &locked) in &after.locked {
+            let delta = locked - before.locked.get(currency).copied().unwrap_or_default();
+            if let Ok(delta @ 1..) = u64::try_from(delta) {
+                self.commission_minor.with_label_values(&[currency.as_str(), "lock"]).inc_by(delta);
             }
         }
     }
@@ -655,6 +664,25 @@ mod tests {
         );
         // No reversal in EUR yet: no series rather than a 0 that was never counted.
         assert!(!text.contains(r#"currency="EUR",kind="reversal""#));
+    }
+
+    #[test]
+    fn locks_and_after_lock_refunds_are_counted() {
+        let m = Metrics::new();
+        let before = Stats::default();
+        let mut after = before.clone();
+        after.records_lock = 3;
+        after.refund_after_lock = 2;
+        after.locked.insert(usd(), 450);
+        m.add_stats(&before, &after);
+        let mut later = after.clone();
+        later.records_lock = 4;
+        later.locked.insert(usd(), 500);
+        m.add_stats(&after, &later);
+        let text = m.render();
+        assert_eq!(value(&text, r#"attrib_records_total{kind="lock"}"#), Some(4.0));
+        assert_eq!(value(&text, r#"attrib_refunds_total{outcome="after_lock"}"#), Some(2.0));
+        assert_eq!(value(&text, r#"attrib_commission_minor_units_total{currency="USD",kind="lock"}"#), Some(500.0));
     }
 
     #[test]

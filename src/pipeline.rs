@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{DecodeError, DecodeLimits, Decoder};
 use crate::engine::watermark::Watermarks;
-use crate::engine::{Engine, EngineConfig, Outcome, Output, UnitKey};
+use crate::engine::{Attributing, Engine, EngineConfig, Outcome, Output, UnitKey};
 use crate::model::{DeadLetter, DeadLetterReason, Event, Millis, RecordView, SourcePos};
 
 /// Everything that decides what the pipeline writes: the config in force (SPEC 8.1).
@@ -80,6 +80,9 @@ pub trait Sink {
     fn dead_letter(&mut self, dead_letter: DeadLetter);
     /// The start of the records of one final event or lock (see [`UnitKey`]).
     fn unit(&mut self, _key: &UnitKey<'_>, _on_arrival: bool) {}
+    /// A purchase about to be attributed (see [`Output::attributing`]): `attrib explain`.
+    #[inline]
+    fn attributing(&mut self, _purchase: &Attributing<'_>) {}
 }
 
 /// Discards everything: rebuilding state without writing.
@@ -102,6 +105,11 @@ impl<S: Sink + ?Sized> Output for ToSink<'_, S> {
     #[inline]
     fn unit(&mut self, key: &UnitKey<'_>, on_arrival: bool) {
         self.0.unit(key, on_arrival);
+    }
+
+    #[inline]
+    fn attributing(&mut self, purchase: &Attributing<'_>) {
+        self.0.attributing(purchase);
     }
 }
 
@@ -222,6 +230,7 @@ impl Pipeline {
     /// ours): it still moves the shared event time.
     #[inline]
     pub fn observe_only<S: Sink + ?Sized>(&mut self, input: usize, ts: Millis, sink: &mut S) {
+        self.engine.observe_ts(ts);
         self.watermarks.observe(input, ts);
         self.advance(sink);
     }

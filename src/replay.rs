@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 
 use crate::codec::encode_record;
 use crate::config::Config;
+use crate::engine::watermark::Watermarks;
 use crate::engine::{Engine, Stats, UnitKey};
 use crate::model::{DeadLetter, Record, RecordView, SourcePos};
 use crate::pipeline::{Pipeline, Processing, Sink};
@@ -60,6 +61,23 @@ impl<R: Write, D: Write> JsonLinesSink<R, D> {
         Ok(())
     }
 
+    /// Writes lines encoded elsewhere (parallel replay encodes on its shard threads).
+    pub fn write_encoded(&mut self, records: &[u8], shadow: &[u8], dead_letters: &[u8]) -> io::Result<()> {
+        self.records.write_all(records)?;
+        if let Some(s) = &mut self.shadow {
+            s.write_all(shadow)?;
+        }
+        if let Some(d) = &mut self.dead_letters {
+            d.write_all(dead_letters)?;
+        }
+        Ok(())
+    }
+
+    /// Whether shadow records and dead letters are written (else they need no encoding).
+    pub fn writes(&self) -> (bool, bool) {
+        (self.shadow.is_some(), self.dead_letters.is_some())
+    }
+
     fn keep(&mut self, r: io::Result<()>) {
         if let Err(e) = r {
             self.error.get_or_insert(e);
@@ -69,8 +87,11 @@ impl<R: Write, D: Write> JsonLinesSink<R, D> {
 
 impl<R: Write, D: Write> Sink for JsonLinesSink<R, D> {
     fn record(&mut self, record: &RecordView<'_>, _tag: u64) {
+        if record.shadow && self.shadow.is_none() {
+            return; // counted by the engine, written nowhere: not worth encoding
+        }
         self.buf.clear();
-        encode_record(&record.to_record(), &mut self.buf); // TODO(codec): the view encoder
+        encode_record(record, &mut self.buf);
         let r = if record.shadow {
             match &mut self.shadow {
                 Some(s) => s.write_all(&self.buf),
@@ -218,6 +239,70 @@ struct Reader<R> {
     line_no: u64,
 }
 
+/// The inputs of a replay, read side by side: the next line always comes from the
+/// unfinished input furthest behind in event time (lowest index on ties). Shared by
+/// replay and `restate`, which feeds each line to two pipelines.
+pub(crate) struct Lines<R> {
+    readers: Vec<Reader<R>>,
+    line: Vec<u8>,
+    /// `(input, bytes)` of the line handed out last in place, consumed at the next call.
+    consume: Option<(usize, usize)>,
+}
+
+/// What [`Lines::next`] read.
+pub(crate) enum Step<'a> {
+    /// Input `input` has ended.
+    End(usize),
+    /// One line of input `input` (without its line break; may be blank), `bytes` long
+    /// with the break.
+    Line { input: usize, raw: &'a [u8], name: &'a str, line_no: u64, bytes: usize },
+}
+
+impl<R: BufRead> Lines<R> {
+    pub fn new(inputs: Vec<Input<R>>) -> Self {
+        let readers = inputs.into_iter().map(|i| Reader { name: i.name, reader: i.reader, line_no: 0 }).collect();
+        Lines { readers, line: Vec::with_capacity(4096), consume: None }
+    }
+
+    pub fn len(&self) -> usize {
+        self.readers.len()
+    }
+
+    /// The next line, picked by the inputs' `watermarks`; `None` once every input ended.
+    pub fn next(&mut self, watermarks: &Watermarks) -> io::Result<Option<Step<'_>>> {
+        if let Some((i, n)) = self.consume.take() {
+            self.readers[i].reader.consume(n);
+        }
+        let Some(i) = next_input(watermarks, self.readers.len()) else {
+            return Ok(None);
+        };
+        let r = &mut self.readers[i];
+        // A whole line in the reader's buffer is used where it lies (and consumed at the
+        // next call); one that straddles the buffer's end is copied out.
+        let buf = r.reader.fill_buf()?;
+        let newline = memchr::memchr(b'\n', buf);
+        let n = match newline {
+            Some(p) => p + 1,
+            None if buf.is_empty() => 0,
+            None => {
+                self.line.clear();
+                r.reader.read_until(b'\n', &mut self.line)?
+            }
+        };
+        if n == 0 {
+            return Ok(Some(Step::End(i)));
+        }
+        r.line_no += 1;
+        let raw = if newline.is_some() {
+            self.consume = Some((i, n));
+            &r.reader.fill_buf()?[..n]
+        } else {
+            &self.line[..]
+        };
+        Ok(Some(Step::Line { input: i, raw: trim_line(raw), name: &r.name, line_no: r.line_no, bytes: n }))
+    }
+}
+
 /// Replays the inputs through one engine into `sink`.
 pub fn replay<R: BufRead, S: ReplaySink + ?Sized>(
     config: &Config,
@@ -241,40 +326,36 @@ pub fn replay_observed<R: BufRead, S: ReplaySink + ?Sized>(
     let start = Instant::now();
     let (mut peak_live_touches, mut peak_pending, mut lines) = (0, 0, 0u64);
     let mut pipeline = Pipeline::new(Processing::from_config(config), inputs.len());
-    let mut readers: Vec<Reader<R>> =
-        inputs.into_iter().map(|i| Reader { name: i.name, reader: i.reader, line_no: 0 }).collect();
+    let mut lines_in = Lines::new(inputs);
     let mut out = Timed::new(sink, start);
-    let mut line = Vec::with_capacity(4096);
     let mut bytes_read = 0u64;
-    let finished = |p: &Pipeline, i: usize| p.watermarks().is_finished(i);
-    // The unfinished input furthest behind in event time goes next (lowest index on ties).
-    while let Some(i) =
-        (0..readers.len()).filter(|&i| !finished(&pipeline, i)).min_by_key(|&i| pipeline.watermarks().max_ts(i))
-    {
-        let r = &mut readers[i];
-        line.clear();
-        let n = r.reader.read_until(b'\n', &mut line)?;
-        if n == 0 {
-            pipeline.finish_input(i, &mut out);
-        } else {
-            bytes_read += n as u64;
-            r.line_no += 1;
-            lines += 1;
-            if lines % OBSERVE_EVERY == 0 {
-                peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
-                peak_pending = peak_pending.max(pipeline.engine().pending());
-                observer.observe(bytes_read, pipeline.engine());
-                if let Some(e) = out.sink.take_error() {
-                    return Err(e);
+    while let Some(step) = lines_in.next(pipeline.watermarks())? {
+        match step {
+            Step::End(i) => pipeline.finish_input(i, &mut out),
+            Step::Line { input: i, raw, name, line_no, bytes } => {
+                bytes_read += bytes as u64;
+                lines += 1;
+                if lines % OBSERVE_EVERY == 0 {
+                    peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
+                    peak_pending = peak_pending.max(pipeline.engine().pending());
+                    observer.observe(bytes_read, pipeline.engine());
+                    if let Some(e) = out.sink.take_error() {
+                        return Err(e);
+                    }
                 }
+                if raw.iter().all(u8::is_ascii_whitespace) {
+                    continue; // a blank line is not an event
+                }
+                let tag = start.elapsed().as_nanos() as u64;
+                pipeline.on_message(
+                    i,
+                    raw,
+                    || SourcePos::File { file: name.to_string(), line: line_no },
+                    None,
+                    tag,
+                    &mut out,
+                );
             }
-            let raw = trim_line(&line);
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue; // a blank line is not an event
-            }
-            let tag = start.elapsed().as_nanos() as u64;
-            let (name, line_no) = (&r.name, r.line_no);
-            pipeline.on_message(i, raw, || SourcePos::File { file: name.clone(), line: line_no }, None, tag, &mut out);
         }
     }
     peak_live_touches = peak_live_touches.max(pipeline.engine().live_touches());
@@ -295,6 +376,13 @@ pub fn replay_observed<R: BufRead, S: ReplaySink + ?Sized>(
         max_pending_purchases: config.max_pending_purchases,
         jobs: 1,
     })
+}
+
+/// The input to read next: the unfinished one furthest behind in event time (lowest
+/// index on ties). `explain` reads in the same order, so it sees the same watermarks.
+#[inline]
+pub(crate) fn next_input(w: &Watermarks, inputs: usize) -> Option<usize> {
+    (0..inputs).filter(|&i| !w.is_finished(i)).min_by_key(|&i| w.max_ts(i))
 }
 
 pub(crate) fn trim_line(line: &[u8]) -> &[u8] {
@@ -430,6 +518,24 @@ impl std::fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_straddling_the_read_buffer_are_read_whole() {
+        let text = "{\"type\":\"click\",\"event_id\":\"k\",\"ts\":1,\"user_id\":\"u\",\"creator_id\":\"c\"}\n\
+                    \r\n  \n{bad\r\n\
+                    {\"type\":\"purchase\",\"event_id\":\"o\",\"ts\":2,\"user_id\":\"u\",\"order_id\":\"o\",\"currency\":\"USD\",\"items\":[{\"product_id\":\"p\",\"quantity\":1,\"unit_price\":100}]}";
+        let (whole, _) = replay_texts(&Config::default(), &[text]);
+        assert_eq!(whole.records.len(), 1);
+        assert_eq!(whole.dead_letters.len(), 1);
+        for capacity in [1, 7, 16, 64, 1 << 20] {
+            let inputs =
+                vec![Input { name: "input-0".into(), reader: BufReader::with_capacity(capacity, text.as_bytes()) }];
+            let mut sink = MemorySink::default();
+            let summary = replay(&Config::default(), inputs, &mut sink).unwrap();
+            assert_eq!(sink, whole, "buffer of {capacity} bytes");
+            assert_eq!(summary.bytes_read, text.len() as u64);
+        }
+    }
 
     #[test]
     fn summary_reports_state_peaks_over_the_limits() {

@@ -23,6 +23,9 @@ fuzz_target!(|data: &[u8]| {
         let (loose, tight) = &mut *d.borrow_mut();
         let wide = loose.decode(data);
         let narrow = tight.decode(data);
+        // The single-pass fast path and simd-json agree on everything, errors included.
+        assert_eq!(wide, loose.decode_reference(data), "fast path and simd-json differ");
+        assert_eq!(narrow, tight.decode_reference(data), "fast path and simd-json differ (tight limits)");
         match &wide {
             Ok(event) => {
                 check_rules(event, &DecodeLimits::default());

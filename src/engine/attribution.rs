@@ -35,12 +35,51 @@ impl EligibleWindows {
             && self.floors.get(touch.surface as usize).is_some_and(|f| touch.ts >= f[usize::from(is_click)])
     }
 
+    /// Whether the touch is eligible for an item of `product` (SPEC §2), and if not, the
+    /// first rule it fails, checked in the spec's order: window, product, self.
+    #[inline]
+    pub fn eligibility(&self, touch: &StoredTouch, product: u32, allow_self: bool) -> Eligibility {
+        if !self.in_window(touch) {
+            Eligibility::OutsideWindow
+        } else if touch.product != STOREFRONT && touch.product != product {
+            Eligibility::OtherProduct
+        } else if !allow_self && touch.is_self() {
+            Eligibility::SelfAttribution
+        } else {
+            Eligibility::Eligible
+        }
+    }
+
+    /// The earliest time at which this touch (by kind and surface) is inside its window.
+    pub fn floor(&self, touch: &StoredTouch) -> Option<Millis> {
+        let is_click = touch.kind() == TouchKind::Click;
+        self.floors.get(touch.surface as usize).map(|f| f[usize::from(is_click)])
+    }
+
+    /// The oldest time any touch can be eligible: the purchase time minus the longest
+    /// window (the longest lookback).
+    pub fn oldest(&self) -> Millis {
+        self.oldest
+    }
+
     /// The touches that can be eligible at all: `oldest ..= purchase_ts`.
     pub fn range(&self, touches: &[StoredTouch]) -> std::ops::Range<usize> {
         let from = touches.partition_point(|x| x.ts < self.oldest);
         let to = touches.partition_point(|x| x.ts <= self.purchase_ts);
         from..to.max(from)
     }
+}
+
+/// Whether a touch is eligible for an item (SPEC §2), or the first rule it fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eligibility {
+    Eligible,
+    /// Outside the window of its kind and surface, or after the purchase.
+    OutsideWindow,
+    /// Promotes another product.
+    OtherProduct,
+    /// The creator is the shopper, and self-attribution is not allowed.
+    SelfAttribution,
 }
 
 /// One creator's credit on one item.
@@ -71,11 +110,7 @@ pub fn credits_for(
     half_life: Millis,
     t: Millis,
 ) -> Vec<CreatorCredit> {
-    let eligible = |touch: &StoredTouch| {
-        w.in_window(touch)
-            && (touch.product == STOREFRONT || touch.product == product)
-            && (allow_self || !touch.is_self())
-    };
+    let eligible = |touch: &StoredTouch| w.eligibility(touch, product, allow_self) == Eligibility::Eligible;
     let window = &touches[w.range(touches)];
     match model {
         Model::LastTouch => {

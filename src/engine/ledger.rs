@@ -96,6 +96,22 @@ pub fn order_hash(order_id: &str) -> u64 {
 }
 
 impl Order {
+    /// The watermark up to which the ledger keeps this order: `orders` (the ledger's
+    /// retention) after its purchase, and in any case until its lock is written (a config
+    /// change may shorten the retention below a lock period fixed earlier, SPEC 8.1).
+    pub fn kept_until(&self, orders: Millis) -> Millis {
+        let kept = self.purchase_ts.saturating_add(orders);
+        match self.lock_ts {
+            Some(lock_ts) if !self.locked => kept.max(lock_ts),
+            _ => kept,
+        }
+    }
+
+    /// Whether its lock record is still to be written.
+    pub fn awaits_lock(&self) -> bool {
+        self.lock_ts.is_some() && !self.locked
+    }
+
     /// Releases the creator references its credits hold.
     pub fn release(&self, creators: &mut Interner) {
         for line in &self.lines {

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use self::attribution::{credits_for, EligibleWindows};
 use self::ledger::{Credit, Line, Order, RefundOutcome};
 use self::plan::CommissionPlan;
-use self::state::{id_hash, Inserted, NewTouch, Retention, Shoppers, STOREFRONT};
+use self::state::{id_hash, Inserted, NewTouch, Retention, Shoppers, StoredTouch, STOREFRONT};
 use crate::model::{
     Currency, DeadLetterReason, Event, EventType, Millis, Model, Purchase, RecordKind, RecordView, Refund, Str,
 };
@@ -123,6 +123,19 @@ pub struct UnitKey<'a> {
     pub user_id: &'a str,
 }
 
+/// A purchase about to be attributed, with the state it is attributed against: what
+/// `attrib explain` looks at (see [`Output::attributing`]).
+pub struct Attributing<'a> {
+    pub purchase: &'a Purchase,
+    /// The shopper's touches in state, in `(ts, event_id)` order.
+    pub touches: &'a [StoredTouch],
+    /// Names of interned creators and products, and touch event ids.
+    pub shoppers: &'a Shoppers,
+    /// The windows at the purchase time.
+    pub windows: &'a EligibleWindows,
+    pub config: &'a EngineConfig,
+}
+
 /// Receives the engine's records. `tag` is the opaque value given to
 /// [`Engine::process`] with the purchase or refund that produced the record (0 for locks).
 pub trait Output {
@@ -131,6 +144,10 @@ pub trait Output {
     /// Marks the start of the records of one final event or lock. `on_arrival`: a late
     /// event handled as it arrived, not by a watermark move.
     fn unit(&mut self, _key: &UnitKey<'_>, _on_arrival: bool) {}
+    /// A final purchase (not a duplicate order) is about to be attributed; its records
+    /// follow. Only `attrib explain` listens.
+    #[inline]
+    fn attributing(&mut self, _purchase: &Attributing<'_>) {}
 }
 
 impl Output for Vec<crate::model::Record> {
@@ -424,6 +441,13 @@ impl Engine {
         surface.and_then(|s| self.surfaces.iter().position(|n| n == s)).map_or(0, |i| i as u8 + 1)
     }
 
+    /// An event time seen by the driver but handled elsewhere (another engine's shopper):
+    /// it still counts as the input's largest event time, which decides the locks at the
+    /// end of a replay (SPEC 8.2), so engines that split the shoppers lock alike.
+    pub fn observe_ts(&mut self, ts: Millis) {
+        self.max_ts = self.max_ts.max(ts);
+    }
+
     /// Takes one valid event. `tag` is handed back with the records it produces.
     pub fn process(&mut self, event: &Event, tag: u64, out: &mut impl Output) -> Outcome {
         let ts = event.ts();
@@ -562,6 +586,9 @@ impl Engine {
             count_record(stats, rec);
             out.record(rec, 0);
         });
+        // The order was kept for its lock; now it may expire with the rest.
+        cold.reindex(&self.retention);
+        self.shoppers.requeue(slot, &self.retention);
     }
 
     fn finalize(&mut self, slot: u32, fin: Final, tag: u64, on_arrival: bool, out: &mut impl Output) {
@@ -594,6 +621,13 @@ impl Engine {
             return;
         }
         let windows = EligibleWindows::new(&self.windows, self.max_window, self.max_click_window, p.ts);
+        out.attributing(&Attributing {
+            purchase: p,
+            touches: self.shoppers.get(slot).touches.as_slice(),
+            shoppers: &self.shoppers,
+            windows: &windows,
+            config: &self.cfg,
+        });
         let mut lines: Vec<Line> = Vec::with_capacity(p.items.len());
         let mut paid_attributed = false;
         let mut any = false;
@@ -703,7 +737,10 @@ impl Engine {
         let sh = &mut self.shoppers;
         let cold = sh.get_mut(slot).cold_mut();
         let hash = ledger::order_hash(&p.order_id);
-        if let Some(i) = cold.orders.iter().position(|o| o.order_hash == hash && o.order_id == p.order_id) {
+        // An old order still awaiting its lock stays until the lock is written.
+        if let Some(i) =
+            cold.orders.iter().position(|o| o.order_hash == hash && o.order_id == p.order_id && !o.awaits_lock())
+        {
             let old = cold.orders.remove(i);
             cold.reindex(&self.retention);
             old.release(&mut sh.creators);

@@ -8,6 +8,52 @@
 /// creators by their first credited touch, so that is the spec's tie-break). Returns
 /// `None` when the weights sum to zero (nothing to split by).
 pub fn split_largest_remainder(gross: i64, weights: &[u64]) -> Option<Vec<i64>> {
+    split_core(gross, weights).map(|(shares, _, _)| shares)
+}
+
+/// Every step of [`split_largest_remainder`], for `attrib explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitSteps {
+    /// `W`, the sum of the weights.
+    pub total_weight: i128,
+    /// `floor(gross * w_c / W)` per creator.
+    pub base: Vec<i64>,
+    /// `gross * w_c mod W` per creator.
+    pub remainder: Vec<i128>,
+    /// `gross - sum(base)`.
+    pub leftover: i64,
+    /// The creators (indices) that got one leftover unit each, in the order they got it.
+    pub leftover_to: Vec<usize>,
+    /// The final shares, `base` plus the leftover units.
+    pub shares: Vec<i64>,
+}
+
+/// [`split_largest_remainder`] with its steps; the same computation.
+pub fn split_steps(gross: i64, weights: &[u64]) -> Option<SplitSteps> {
+    let (shares, ranked, leftover) = split_core(gross, weights)?;
+    let leftover_to: Vec<usize> = ranked.iter().take(leftover).map(|x| x.1).collect();
+    let mut base = shares.clone();
+    for &i in &leftover_to {
+        base[i] -= 1;
+    }
+    let mut remainder = vec![0; weights.len()];
+    for &(r, i) in &ranked {
+        remainder[i] = r;
+    }
+    Some(SplitSteps {
+        total_weight: weights.iter().map(|&w| i128::from(w)).sum(),
+        base,
+        remainder,
+        leftover: leftover as i64,
+        leftover_to,
+        shares,
+    })
+}
+
+/// The shares, the `(remainder, index)` pairs ranked largest first, and the leftover.
+type Core = (Vec<i64>, Vec<(i128, usize)>, usize);
+
+fn split_core(gross: i64, weights: &[u64]) -> Option<Core> {
     let total: i128 = weights.iter().map(|&w| i128::from(w)).sum();
     if total == 0 {
         return None;
@@ -23,14 +69,15 @@ pub fn split_largest_remainder(gross: i64, weights: &[u64]) -> Option<Vec<i64>> 
         shares.push(base);
         remainders.push((product % total, i));
     }
-    let leftover = gross_wide - assigned;
+    // Fewer than `weights.len()` units: each remainder is below W.
+    let leftover = (gross_wide - assigned) as usize;
     // Largest remainder first; among equals, the earlier creator.
     remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for &(_, i) in remainders.iter().take(leftover as usize) {
+    for &(_, i) in remainders.iter().take(leftover) {
         shares[i] += 1;
     }
     // Each share is at most `gross`, so it fits back into i64.
-    Some(shares.into_iter().map(|s| s as i64).collect())
+    Some((shares.into_iter().map(|s| s as i64).collect(), remainders, leftover))
 }
 
 /// SPEC §3.4, round half up: `(share * rate_bps + 5000) / 10000`.
@@ -62,6 +109,16 @@ mod tests {
         assert_eq!(split_largest_remainder(7, &[0, 3]), Some(vec![0, 7]));
         assert_eq!(split_largest_remainder(7, &[0, 0]), None);
         assert_eq!(split_largest_remainder(7, &[]), None);
+    }
+
+    #[test]
+    fn split_steps_show_bases_remainders_and_leftover_units() {
+        let s = split_steps(10, &[1, 1, 1]).unwrap();
+        assert_eq!((s.total_weight, s.base, s.remainder), (3, vec![3, 3, 3], vec![1, 1, 1]));
+        assert_eq!((s.leftover, s.leftover_to, s.shares), (1, vec![0], vec![4, 3, 3]));
+        let s = split_steps(10, &[1, 2]).unwrap();
+        assert_eq!((s.base, s.remainder, s.leftover_to, s.shares), (vec![3, 6], vec![1, 2], vec![1], vec![3, 7]));
+        assert_eq!(split_steps(7, &[0, 0]), None);
     }
 
     #[test]

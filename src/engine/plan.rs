@@ -29,7 +29,8 @@ impl Rule {
             + u8::from(self.category.is_some())
     }
 
-    fn applies(&self, product_id: &str, creator_id: &str, category: Option<&str>, ts: Millis) -> bool {
+    /// Whether every selector the rule names matches and `ts` lies in its validity.
+    pub fn applies(&self, product_id: &str, creator_id: &str, category: Option<&str>, ts: Millis) -> bool {
         self.product_id.as_deref().is_none_or(|p| p == product_id)
             && self.creator_id.as_deref().is_none_or(|c| c == creator_id)
             && self.category.as_deref().is_none_or(|c| Some(c) == category)
@@ -56,10 +57,26 @@ impl CommissionPlan {
     /// The rate and rule id for this creator on this item at purchase time `ts`: the most
     /// specific applicable rule, the first listed among equals, else the default.
     pub fn rate_for(&self, product_id: &str, creator_id: &str, category: Option<&str>, ts: Millis) -> (u32, &str) {
-        self.rules
-            .iter()
-            .find(|r| r.applies(product_id, creator_id, category, ts))
+        self.matching(product_id, creator_id, category, ts)
+            .next()
             .map_or((self.default_rate_bps, DEFAULT_RULE_ID), |r| (r.rate_bps, r.id.as_str()))
+    }
+
+    /// Every applicable rule, the one that sets the rate first (see [`Self::rate_for`]),
+    /// then the others in the order they would win.
+    pub fn matching<'a: 'b, 'b>(
+        &'a self,
+        product_id: &'b str,
+        creator_id: &'b str,
+        category: Option<&'b str>,
+        ts: Millis,
+    ) -> impl Iterator<Item = &'a Rule> + 'b {
+        self.rules.iter().filter(move |r| r.applies(product_id, creator_id, category, ts))
+    }
+
+    /// The rate when no rule applies.
+    pub fn default_rate_bps(&self) -> u32 {
+        self.default_rate_bps
     }
 }
 
@@ -95,6 +112,23 @@ mod tests {
         assert_eq!(plan.rate_for("p-2", "c-1", Some("home"), 0), (1200, "creator"));
         assert_eq!(plan.rate_for("p-2", "c-2", Some("beauty"), 0), (1100, "cat"));
         assert_eq!(plan.rate_for("p-2", "c-2", None, 0), (1000, "default"));
+    }
+
+    #[test]
+    fn matching_lists_the_winner_first_then_the_others_in_winning_order() {
+        let plan = CommissionPlan::new(
+            1000,
+            vec![
+                rule("cat", None, None, Some("beauty"), 1100),
+                rule("other-creator", None, Some("c-2"), None, 1200),
+                rule("creator", None, Some("c-1"), None, 1300),
+                rule("cat-again", None, None, Some("beauty"), 1400),
+            ],
+        );
+        let ids: Vec<&str> = plan.matching("p", "c-1", Some("beauty"), 0).map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["creator", "cat", "cat-again"]);
+        assert_eq!(plan.rate_for("p", "c-1", Some("beauty"), 0), (1300, "creator"));
+        assert_eq!(plan.matching("p", "c-3", None, 0).count(), 0);
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl Cold {
 
     /// Adds a final purchase to the ledger.
     pub fn add_order(&mut self, order: Order, r: &Retention) {
-        self.expires = self.expires.min(order.purchase_ts.saturating_add(r.orders));
+        self.expires = self.expires.min(order.kept_until(r.orders));
         self.orders.push(order);
     }
 
@@ -205,7 +205,7 @@ impl Cold {
     /// Recomputes what [`Cold::add_seen`] and [`Cold::add_order`] keep up to date.
     pub fn reindex(&mut self, r: &Retention) {
         let seen = self.seen.iter().map(|x| x.0.saturating_add(r.ids));
-        let orders = self.orders.iter().map(|o| o.purchase_ts.saturating_add(r.orders));
+        let orders = self.orders.iter().map(|o| o.kept_until(r.orders));
         self.expires = seen.chain(orders).min().unwrap_or(Millis::MAX);
         self.seen_index = (self.seen.len() > SEEN_INDEX_FROM).then(|| self.seen.iter().map(|x| x.1).collect());
     }
@@ -238,7 +238,8 @@ pub struct Retention {
     pub touches: Millis,
     /// Purchase and refund ids: while `ts >= W - ids`.
     pub ids: Millis,
-    /// Orders: while `purchase_ts >= W - orders`.
+    /// Orders: while `purchase_ts >= W - orders`, and until their lock is written
+    /// (see [`Order::kept_until`]).
     pub orders: Millis,
 }
 
@@ -506,7 +507,7 @@ impl Shoppers {
     }
 
     /// Expires everything behind watermark `w`: touches with `ts < w - touches`, ids with
-    /// `ts < w - ids`, orders bought before `w - orders`; empty shoppers are removed.
+    /// `ts < w - ids`, orders bought before `w - orders` whose lock is written; empty shoppers are removed.
     pub fn expire(&mut self, w: Millis, r: &Retention) {
         while let Some(&Reverse((at, slot))) = self.expiry.peek() {
             // Something expires once the watermark is past `at`.
@@ -528,11 +529,12 @@ impl Shoppers {
             let s = &mut self.slab[slot as usize];
             let mut expired = Vec::new();
             if let Some(c) = s.cold.as_mut() {
-                let (ids, orders) = (w.saturating_sub(r.ids), w.saturating_sub(r.orders));
+                let ids = w.saturating_sub(r.ids);
                 let (before_seen, before_orders) = (c.seen.len(), c.orders.len());
                 c.seen.retain(|&(ts, _)| ts >= ids);
                 c.orders.retain_mut(|o| {
-                    let keep = o.purchase_ts >= orders;
+                    // Kept while `kept_until >= w`: until its lock, at least.
+                    let keep = o.kept_until(r.orders) >= w;
                     if !keep {
                         expired.push(std::mem::take(o));
                     }

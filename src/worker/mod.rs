@@ -29,7 +29,9 @@
 //!   commit of the transaction holding it (`processing latency`); the watermark's own
 //!   hold (a purchase waits until the watermark passes it) is measured apart.
 
+pub mod preflight;
 pub mod produce;
+pub mod restate;
 pub mod state;
 pub mod task;
 
@@ -370,7 +372,7 @@ impl Sink for LiveOut<'_> {
             self.stamps.push(self.received);
         }
         self.buf.clear();
-        encode_record(&record.to_record(), &mut self.buf); // TODO(codec): the view encoder
+        encode_record(record, &mut self.buf);
         self.buf.pop(); // no newline in a Kafka value
         let payload = std::mem::take(&mut self.buf);
         // Shadow records (SPEC 8.3) go to their own topic, in the same transaction.
@@ -979,6 +981,8 @@ fn claim_transactional_id(base: &str) -> Result<(String, std::fs::File), WorkerE
 
 /// Runs the worker until `shutdown` is set (then commits, leaves the group and returns).
 pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Result<(), WorkerError> {
+    // Start-time checks (issue 15, src/worker/preflight.rs): brokers, credentials, topics, group.
+    preflight::check_worker(&config)?;
     let observe = Observe {
         metrics: Arc::new(Metrics::new()),
         health: Arc::new(Health::new(config.session_timeout.max(Duration::from_secs(30)))),

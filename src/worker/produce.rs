@@ -119,6 +119,7 @@ pub fn produce(config: &Config, files: &[PathBuf], opts: &ProduceOptions) -> Res
     if inputs.len() != 4 {
         return Err(WorkerError::Setup("produce needs four input topics: views, clicks, purchases, refunds".into()));
     }
+    super::preflight::check_produce(config)?;
     let mut pc = client_config(config);
     pc.set("partitioner", "murmur2_random").set("enable.idempotence", "true").set("linger.ms", "20");
     let producer: BaseProducer =

@@ -1,9 +1,10 @@
 //! The broker suite: the worker against a real Apache Kafka broker.
 //!
 //! Needs a broker (`scripts/kafka.sh start`; address in `ATTRIB_TEST_BROKERS`, default
-//! 127.0.0.1:9092), so every test is `#[ignore]`d in a plain `cargo test`; `.ci/run`
-//! starts the broker and runs `cargo test --release --test broker -- --ignored
-//! --test-threads=1`. Each test uses fresh random topic names, runs `attrib run` as child
+//! 127.0.0.1:9092; the tests of `secure.rs` also need its SASL_SSL listener, from
+//! `scripts/kafka.sh start --secure`), so every test is `#[ignore]`d in a plain
+//! `cargo test`; `.ci/run` starts the broker with `--secure` and runs `cargo test
+//! --release --test broker -- --ignored --test-threads=1`. Each test uses fresh random topic names, runs `attrib run` as child
 //! processes, reads the output `read_committed` from the beginning once the worker has
 //! committed every input offset and stopped, and compares it with `attrib replay` of the
 //! same events: the same multiset of records, no `commission_id` twice.
@@ -27,6 +28,8 @@ use attrib::model::Record;
 use attrib::replay::{open_files, replay, MemorySink};
 
 mod layout;
+mod restate;
+mod secure;
 
 const PARTITIONS: i32 = 4;
 

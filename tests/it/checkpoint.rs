@@ -3,11 +3,11 @@
 //! topic holds them) and restored must write exactly what an uninterrupted one writes
 //! (Arroyo-style golden).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use attrib::engine::Engine;
 use attrib::gen::{generate, GenOptions};
-use attrib::model::{DeadLetter, Record, RecordView, SourcePos};
+use attrib::model::{DeadLetter, Record, RecordKind, RecordView, SourcePos};
 use attrib::pipeline::{Pipeline, Processing, Sink};
 
 /// A sink that keeps everything (shared by the tests of this binary).
@@ -139,4 +139,77 @@ fn incremental_checkpoints_applied_to_a_compacted_log_restore_exactly() {
     assert!(got.0 == want.0, "records differ after incremental restores");
     assert_eq!(got.1, want.1);
     assert_eq!(p.engine().stats(), straight.engine().stats());
+}
+
+/// Default processing with a lock period (SPEC 8.2).
+fn with_locks(lock_period: i64) -> Processing {
+    let mut p = Processing::default();
+    p.engine.lock_period = Some(lock_period);
+    p
+}
+
+#[test]
+fn money_a_pipeline_with_locks_restored_from_a_snapshot_continues_exactly() {
+    let lines = workload();
+    let processing = with_locks(30 * 60_000);
+    let mut straight = Pipeline::new(processing.clone(), 4);
+    let mut want = Collect::default();
+    run(&mut straight, &lines, 0, lines.len(), &mut want);
+    straight.finish(&mut want);
+    let locks = want.0.iter().filter(|r| r.kind == RecordKind::Lock).count();
+    assert!(locks > 100, "the workload locks commissions ({locks})");
+    assert!(straight.engine().stats().refund_after_lock > 0, "and has refunds after the lock");
+
+    for cut in [1, 9_001, 20_000, 29_999] {
+        let mut first = Pipeline::new(processing.clone(), 4);
+        let mut got = Collect::default();
+        run(&mut first, &lines, 0, cut, &mut got);
+        let snap = first.engine().snapshot();
+        let mut second = restore(&first, &snap.globals, snap.shoppers.iter().map(|(_, b)| b.as_slice()).collect());
+        run(&mut second, &lines, cut, lines.len(), &mut got);
+        second.finish(&mut got);
+        assert!(got.0 == want.0, "records differ after a restore at {cut}");
+        assert_eq!(second.engine().stats(), straight.engine().stats());
+    }
+}
+
+/// SPEC 8.1 + 8.2: a lock time is fixed when the purchase becomes final; a later config
+/// that keeps orders for less time than that (short refund window, no lateness) and has
+/// no lock period must still write every lock due, also through a restore.
+#[test]
+fn money_orders_are_kept_until_their_lock_across_a_config_change() {
+    let lines = workload();
+    let lock_period = 2 * 3_600_000;
+    let mut p = Pipeline::new(with_locks(lock_period), 4);
+    let mut out = Collect::default();
+    let half = lines.len() / 2;
+    run(&mut p, &lines, 0, half, &mut out);
+    let switch = out.0.len();
+    let mut shorter = Processing::default();
+    shorter.engine.refund_window = 10 * 60_000;
+    shorter.engine.allowed_lateness = 0;
+    shorter.engine.lock_period = None;
+    let snap = p.engine().snapshot();
+    let mut q = restore(&p, &snap.globals, snap.shoppers.iter().map(|(_, b)| b.as_slice()).collect());
+    q.set_processing(shorter);
+    run(&mut q, &lines, half, lines.len(), &mut out);
+    q.finish(&mut out);
+    let max_ts = (0..4).map(|i| q.watermarks().max_ts(i)).max().unwrap();
+    let locked: HashSet<&str> = out.0[switch..]
+        .iter()
+        .filter(|r| r.kind == RecordKind::Lock)
+        .filter_map(|r| r.original_commission_id.as_deref())
+        .collect();
+    let due: Vec<&Record> = out.0[..switch]
+        .iter()
+        .filter(|r| r.kind == RecordKind::Commission && r.purchase_ts + lock_period <= max_ts)
+        .collect();
+    assert!(due.len() > 100, "commissions to lock after the switch: {}", due.len());
+    for c in &due {
+        assert!(locked.contains(c.commission_id.as_str()), "no lock for {}", c.commission_id);
+    }
+    // Purchases final under the new config have no lock time.
+    let after: HashSet<&str> =
+        out.0[switch..].iter().filter(|r| r.kind == RecordKind::Commission).map(|r| r.commission_id.as_str()).collect();
+    assert!(locked.iter().all(|id| !after.contains(id)));
 }

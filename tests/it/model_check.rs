@@ -141,6 +141,8 @@ pub struct Cfg {
     pub max_out_of_orderness: i64,
     /// Never matters to the model: no generated event is late.
     pub allowed_lateness: i64,
+    /// `commission.lock_period` (SPEC 8.2).
+    pub lock_period: Option<i64>,
 }
 
 fn rfc(t: i64) -> String {
@@ -173,6 +175,9 @@ impl Cfg {
             self.max_out_of_orderness, self.allowed_lateness, self.refund_window
         );
         s += &format!("[commission]\ndefault_rate_bps = {}\n", self.default_rate);
+        if let Some(l) = self.lock_period {
+            s += &format!("lock_period = \"{l}ms\"\n");
+        }
         for r in &self.rules {
             s += &format!("[[commission.rules]]\nid = \"{}\"\nrate_bps = {}\n", r.id, r.rate);
             for (k, v) in [("product_id", &r.product), ("creator_id", &r.creator), ("category", &r.category)] {
@@ -223,6 +228,8 @@ pub struct Expected {
     pub records: Vec<Record>,
     pub duplicate_event: u64,
     pub duplicate_order: u64,
+    /// Refunds of attributed orders at or after their lock time (SPEC 8.2).
+    pub after_lock: u64,
 }
 
 /// A final purchase in the order ledger.
@@ -230,6 +237,9 @@ struct Order {
     ts: i64,
     attributed: bool,
     lines: Vec<OLine>,
+    /// `ts + lock_period` for an attributed order under a lock period.
+    lock_ts: Option<i64>,
+    locked: bool,
 }
 
 /// One purchase line: product, quantity, units refunded so far, its commission records.
@@ -264,6 +274,8 @@ pub fn run(cfg: &Cfg, events: &[Ev]) -> Expected {
     let touches: Vec<&Ev> = evs.iter().copied().filter(|e| matches!(e, Ev::Touch { .. })).collect();
     let mut ledger: BTreeMap<String, Order> = BTreeMap::new();
     for e in &evs {
+        // SPEC 8.2: locks are written before any event at or after their lock time.
+        lock_until(&mut ledger, e.ts(), &mut out.records);
         match e {
             Ev::Touch { .. } => {}
             Ev::Purchase { ts: t, order, items, .. } => {
@@ -271,18 +283,26 @@ pub fn run(cfg: &Cfg, events: &[Ev]) -> Expected {
                     out.duplicate_order += 1;
                     continue;
                 }
-                let mut o = Order { ts: *t, attributed: false, lines: Vec::new() };
+                let mut o = Order { ts: *t, attributed: false, lines: Vec::new(), lock_ts: None, locked: false };
                 for (idx, line) in items.iter().enumerate() {
                     let recs = attribute(cfg, &touches, e, idx, line);
                     o.attributed |= !recs.is_empty();
                     out.records.extend(recs.iter().cloned());
                     o.lines.push(OLine { product: line.product.clone(), n: line.quantity, done: 0, recs });
                 }
+                o.lock_ts = cfg.lock_period.filter(|_| o.attributed).map(|l| t + l);
                 ledger.insert(order.clone(), o);
             }
             Ev::Refund { id, ts: t, order, items, .. } => {
                 let Some(o) = ledger.get_mut(order) else { continue };
-                if !o.attributed || *t > o.ts + cfg.refund_window {
+                if !o.attributed || *t - o.ts > cfg.refund_window + cfg.allowed_lateness {
+                    continue;
+                }
+                if o.lock_ts.is_some_and(|l| *t >= l) {
+                    out.after_lock += 1;
+                    continue;
+                }
+                if *t > o.ts + cfg.refund_window {
                     continue;
                 }
                 // Units this refund takes from each line.
@@ -321,7 +341,45 @@ pub fn run(cfg: &Cfg, events: &[Ev]) -> Expected {
             }
         }
     }
+    // At the end of the input: locks the largest event time has reached (every event
+    // counts, duplicates included).
+    if let Some(max) = events.iter().map(Ev::ts).max() {
+        lock_until(&mut ledger, max, &mut out.records);
+    }
     out
+}
+
+/// Writes the lock records of every order with `lock_ts <= t` not locked yet, in
+/// `(lock_ts, purchase_ts, purchase_event_id)` order: per line, per credited creator,
+/// the units not refunded and the commission net of its reversals.
+fn lock_until(ledger: &mut BTreeMap<String, Order>, t: i64, records: &mut Vec<Record>) {
+    let mut due: Vec<(i64, i64, String, String)> = ledger
+        .iter()
+        .filter(|(_, o)| !o.locked && o.lock_ts.is_some_and(|l| l <= t))
+        .map(|(k, o)| {
+            let pid =
+                o.lines.iter().flat_map(|l| &l.recs).next().map_or(String::new(), |r| r.purchase_event_id.to_string());
+            (o.lock_ts.unwrap(), o.ts, pid, k.clone())
+        })
+        .collect();
+    due.sort();
+    for (lock_ts, _, _, key) in due {
+        let o = ledger.get_mut(&key).unwrap();
+        o.locked = true;
+        for l in &o.lines {
+            for c in &l.recs {
+                let mut r = c.clone();
+                r.kind = RecordKind::Lock;
+                r.commission_id = format!("{}:lock", c.commission_id).into();
+                r.quantity = l.n - l.done;
+                r.share_minor = c.share_minor - part(c.share_minor, l.done, l.n);
+                r.commission_minor = c.commission_minor - part(c.commission_minor, l.done, l.n);
+                r.original_commission_id = Some(c.commission_id.clone());
+                r.lock_ts = Some(lock_ts);
+                records.push(r);
+            }
+        }
+    }
 }
 
 /// The commission records of one purchase item (empty: unattributed).

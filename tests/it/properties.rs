@@ -141,14 +141,19 @@ fn cfg() -> impl Strategy<Value = Cfg> {
         (select(models), select(vec![7 * DAY, DAY, 2 * HOUR]), select(vec![DAY, 2 * HOUR, 30 * MIN])),
         (select(vec![DAY, 6 * HOUR, 7 * DAY, HOUR]), any::<bool>(), surface),
         (prop_oneof![select(vec![0u32, 1000, 10_000, 333]), 0..=10_000u32], prop::collection::vec(rule, 0..=3)),
-        (select(vec![30 * DAY, DAY, 2 * HOUR]), select(vec![0, 5_000, 10 * MIN, DAY]), select(vec![0, HOUR, 60 * DAY])),
+        (
+            select(vec![30 * DAY, DAY, 2 * HOUR]),
+            select(vec![0, 5_000, 10 * MIN, DAY]),
+            select(vec![0, HOUR, 60 * DAY]),
+            prop::option::of(select(vec![0, 5_000, 2 * HOUR, DAY, 30 * DAY])),
+        ),
     )
         .prop_map(
             |(
                 (model, click_window, view_window),
                 (half_life, allow_self, surface),
                 (default_rate, rules),
-                (refund_window, ooo, allowed_lateness),
+                (refund_window, ooo, allowed_lateness, lock_period),
             )| {
                 let rules = rules
                     .into_iter()
@@ -182,6 +187,8 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                     refund_window,
                     max_out_of_orderness: ooo,
                     allowed_lateness,
+                    // At most refund_window (SPEC 8.2).
+                    lock_period: lock_period.map(|l: i64| l.min(refund_window)),
                 }
             },
         )
@@ -407,7 +414,8 @@ fn check(
     prop_assert_eq!(c["late"], 0);
     prop_assert_eq!(c["duplicate_event"], want.duplicate_event + copies);
     prop_assert_eq!(c["duplicate_order"], want.duplicate_order);
-    prop_assert_eq!(c["records.commission"] + c["records.reversal"], want.records.len() as u64);
+    prop_assert_eq!(c["records.commission"] + c["records.reversal"] + c["records.lock"], want.records.len() as u64);
+    prop_assert_eq!(c["refund.after_lock"], want.after_lock);
     Ok(())
 }
 
@@ -487,6 +495,7 @@ fn small_cfg() -> Cfg {
         refund_window: DAY,
         max_out_of_orderness: 5_000,
         allowed_lateness: 0,
+        lock_period: None,
     }
 }
 
@@ -575,4 +584,66 @@ fn repeated_touch_event_id_is_a_duplicate() {
 fn event_id_repeated_across_types_is_a_duplicate() {
     let t = BASE + 8 * DAY;
     pinned(vec![click("k1", t - HOUR, "c0"), purchase("k1", t, "o")]).unwrap();
+}
+
+/// SPEC 8.2: every lock record equals its commission plus every reversal written before
+/// it (amounts and units), and no reversal of that commission follows it.
+fn locks_add_up(records: &[Record]) -> Result<usize, TestCaseError> {
+    use attrib::model::RecordKind;
+    use std::collections::HashMap;
+    let mut net: HashMap<&str, (i64, i64, i64)> = HashMap::new();
+    let mut locked: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut locks = 0;
+    for r in records {
+        match r.kind {
+            RecordKind::Commission => {
+                net.insert(&r.commission_id, (r.quantity, r.share_minor, r.commission_minor));
+            }
+            RecordKind::Reversal => {
+                let id = r.original_commission_id.as_deref().unwrap();
+                prop_assert!(!locked.contains(id), "reversal {} after the lock of {id}", r.commission_id);
+                let n = net.get_mut(id).unwrap();
+                *n = (n.0 - r.quantity, n.1 + r.share_minor, n.2 + r.commission_minor);
+            }
+            RecordKind::Lock => {
+                let id = r.original_commission_id.as_deref().unwrap();
+                prop_assert_eq!(r.commission_id.as_str(), format!("{id}:lock"));
+                prop_assert!(locked.insert(id), "{} locked twice", id);
+                prop_assert_eq!(net[id], (r.quantity, r.share_minor, r.commission_minor), "lock of {}", id);
+                locks += 1;
+            }
+            RecordKind::Adjustment => prop_assert!(false, "replay writes no adjustment"),
+        }
+    }
+    Ok(locks)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// SPEC 8.2, for every commission: lock amounts = commission + its reversals, also
+    /// when the input arrives reordered within the bound and split over files.
+    #[test]
+    fn money_lock_equals_commission_plus_reversals(w in workload(), k in 1..=3usize) {
+        let lock_period = w.cfg.lock_period.unwrap_or(w.cfg.refund_window.min(DAY));
+        let w = Workload { cfg: Cfg { lock_period: Some(lock_period), ..w.cfg.clone() }, ..w };
+        let seq = w.shuffled();
+        let (sink, _) = replay(&w, &w.split(&seq, k));
+        locks_add_up(&sink.records)?;
+    }
+
+    /// SPEC 8.5, for random plans and models: the baseline's records plus the
+    /// adjustments equal the new config's records per (purchase, item, creator), a
+    /// second run writes the same, and restating to the baseline itself writes nothing.
+    #[test]
+    fn money_restate_baseline_plus_adjustments_is_the_new_replay(w in workload(), new in cfg()) {
+        use super::restate::{check_adds_up, restate_text};
+        let seq: Vec<(i64, String)> = w.events.iter().map(|(e, l)| (e.ts(), l.clone())).collect();
+        let input = text(&seq);
+        let (old, new) = (w.config(), Config::from_toml(&new.to_toml()).unwrap());
+        let r = restate_text(&old, &new, "p1", &input);
+        check_adds_up(&old, &new, &input, &r).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(&restate_text(&old, &new, "p1", &input).adjustments, &r.adjustments);
+        prop_assert!(restate_text(&old, &old, "p1", &input).adjustments.is_empty());
+    }
 }

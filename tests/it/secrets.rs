@@ -103,7 +103,7 @@ fn assert_no_secret(out: &Output, secrets: &[String; 2]) {
 /// worker (with a group of its own) at it.
 fn mock_cluster() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, Vec<(&'static str, String)>) {
     let cluster = MockCluster::new(1).expect("librdkafka mock cluster");
-    for topic in ["views", "clicks", "purchases", "refunds", "attrib.state"] {
+    for topic in ["views", "clicks", "purchases", "refunds", "commissions", "attrib.dlq", "attrib.state"] {
         cluster.create_topic(topic, 1, 1).expect("mock topic");
     }
     let group = secret("group");
@@ -130,13 +130,13 @@ fn a_started_worker_logs_no_secret() {
 
 #[test]
 fn an_unreachable_broker_logs_no_secret() {
-    // Nothing listens on port 1: the worker gives up reading topic metadata (after
-    // librdkafka's 30 s metadata timeout) and exits with an error.
+    // Nothing listens on port 1: the worker's start-time checks give up after
+    // kafka.session_timeout (10 s) and it exits with an error.
     let secrets = [secret("sasl"), secret("sslkey")];
     let child = attrib_run(&secrets, &[("ATTRIB__KAFKA__BROKERS", "127.0.0.1:1".into())]);
     let out = run_until(child, "starting worker", Duration::from_secs(90));
     assert!(!out.reached, "{}", out.stderr);
-    assert!(out.stderr.contains("reading topic metadata"), "{}", out.stderr);
+    assert!(out.stderr.contains("no broker answered"), "{}", out.stderr);
     assert_no_secret(&out, &secrets);
 }
 

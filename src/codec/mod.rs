@@ -4,11 +4,16 @@
 //! [`DecodeError`] whose `reason` is the dead-letter reason and whose message names the
 //! field. Records go the other way through [`encode_record`].
 
+mod encode;
+mod fast;
+
+pub use encode::{encode_owned, encode_record};
+
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
 use crate::model::{
-    Currency, DeadLetterReason, Event, Item, Millis, Purchase, Record, Refund, RefundItem, Str, Touch, TouchKind,
+    Currency, DeadLetterReason, Event, Item, Millis, Purchase, Refund, RefundItem, Str, Touch, TouchKind,
 };
 
 /// Longest id SPEC §1 allows, in bytes: the default (and the most) of
@@ -73,7 +78,22 @@ impl Decoder {
     }
 
     /// Decodes and validates one message (a Kafka value or a JSONL line without its newline).
+    ///
+    /// Plain events take the single-pass reader of [`fast`]; everything else, and every
+    /// rejection, is the simd-json decoder's ([`Decoder::decode_reference`]).
+    #[inline]
     pub fn decode(&mut self, raw: &[u8]) -> Result<Event, DecodeError> {
+        if raw.len() <= self.limits.max_message_bytes {
+            if let Some(event) = fast::decode(raw, &self.limits) {
+                return Ok(event);
+            }
+        }
+        self.decode_reference(raw)
+    }
+
+    /// [`Decoder::decode`] through simd-json alone: the reference the fast path is
+    /// tested against, and the decoder of everything it passes on.
+    pub fn decode_reference(&mut self, raw: &[u8]) -> Result<Event, DecodeError> {
         if raw.len() > self.limits.max_message_bytes {
             return Err(DecodeError {
                 reason: DeadLetterReason::TooLarge,
@@ -508,13 +528,6 @@ fn truncate(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Appends one record as a JSON line (with `\n`) to `out`.
-pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
-    // Serialising plain structs into a Vec cannot fail.
-    serde_json::to_writer(&mut *out, record).expect("record serialises");
-    out.push(b'\n');
 }
 
 #[cfg(test)]

@@ -1,0 +1,541 @@
+//! The common case without a DOM: one pass over the bytes, no tape, no maps.
+//!
+//! [`decode`] reads the plain JSON that producers write (and `attrib gen` writes):
+//! strings without escapes or control characters, integers of up to 18 digits without
+//! a sign, `null`/`true`/`false`, unknown fields holding such scalars, and `items` as
+//! an array of flat objects. It returns the event only when the input is such JSON *and*
+//! the event passes every rule of SPEC §1; on anything else (malformed, unusual or
+//! invalid input) it returns `None` and the caller runs the simd-json decoder, which
+//! stays the only authority on what is rejected and why. So every dead letter keeps its
+//! exact reason and message, and an accepted event is the same value either way: the
+//! accepted grammar is a strict subset of JSON on which the two cannot disagree
+//! (`tests::agrees_with_simd_json` and the decode fuzz target check it).
+
+use super::{parse_rfc3339_ms, DecodeLimits, MAX_TS};
+use crate::model::{Currency, Event, Item, Millis, Purchase, Refund, RefundItem, Str, Touch, TouchKind};
+
+/// A scalar value as read.
+#[derive(Clone, Copy)]
+enum V<'a> {
+    Str(&'a str),
+    /// A non-negative integer (at most 18 digits: always an `i64`).
+    Int(i64),
+    Null,
+    /// `true` or `false`.
+    Bool,
+    /// The `items` array: this many entries in the item buffer.
+    Items(usize),
+}
+
+/// The fields of an item, in the reference decoder's slot order.
+type ItemSlots<'a> = [Option<V<'a>>; 4];
+
+/// Most items the fast path reads inline; longer purchases go to simd-json.
+const INLINE_ITEMS: usize = 16;
+
+struct Parser<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Parser<'a> {
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// A string without escapes or control characters; the cursor is on its `"`.
+    #[inline]
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        // Eight bytes at a time to the first `"`, `\\` or control character (the lowest
+        // flagged byte of each test is exact).
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().ok()?);
+            let hit = zero(w ^ (ONES * u64::from(b'"')))
+                | zero(w ^ (ONES * u64::from(b'\\')))
+                | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+            if hit != 0 {
+                self.i += (hit.trailing_zeros() / 8) as usize;
+                break;
+            }
+            self.i += 8;
+        }
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => break,
+                b'\\' | 0..0x20 => return None,
+                _ => self.i += 1,
+            }
+        }
+        let s = self.text.get(start..self.i)?;
+        self.i += 1;
+        Some(s)
+    }
+
+    /// A scalar value (not an array or object).
+    #[inline]
+    fn scalar(&mut self) -> Option<V<'a>> {
+        match self.peek()? {
+            b'"' => self.string().map(V::Str),
+            b'0'..=b'9' => self.int().map(V::Int),
+            b'n' => self.word(b"null", V::Null),
+            b't' => self.word(b"true", V::Bool),
+            b'f' => self.word(b"false", V::Bool),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn word(&mut self, w: &[u8], v: V<'a>) -> Option<V<'a>> {
+        self.b.get(self.i..)?.starts_with(w).then(|| {
+            self.i += w.len();
+            v
+        })
+    }
+
+    /// `0` or `[1-9][0-9]{0,17}`, not followed by a fraction or an exponent.
+    #[inline]
+    fn int(&mut self) -> Option<i64> {
+        let start = self.i;
+        let mut n: i64 = 0;
+        while let Some(&d @ b'0'..=b'9') = self.b.get(self.i) {
+            if self.i - start == 18 {
+                return None;
+            }
+            n = n * 10 + i64::from(d - b'0');
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        if (digits > 1 && self.b[start] == b'0') || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some(n)
+    }
+
+    /// After a member: `,` (another follows: true) or the closing `}` (false).
+    #[inline]
+    fn next_member(&mut self) -> Option<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                self.ws();
+                Some(true)
+            }
+            b'}' => {
+                self.i += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// `"key" :` and the whitespace after it.
+    #[inline]
+    fn key(&mut self) -> Option<&'a str> {
+        let k = self.string()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some(k)
+    }
+
+    /// A flat object of an item; the cursor is on its `{`.
+    fn item(&mut self) -> Option<ItemSlots<'a>> {
+        self.eat(b'{')?;
+        self.ws();
+        let mut slots: ItemSlots<'a> = [None; 4];
+        if self.eat(b'}').is_some() {
+            return Some(slots);
+        }
+        loop {
+            let key = self.key()?;
+            let v = self.scalar()?;
+            let slot = match key.as_bytes() {
+                b"product_id" => 0,
+                b"quantity" => 1,
+                b"unit_price" => 2,
+                b"category" => 3,
+                _ => usize::MAX,
+            };
+            if let Some(s) = slots.get_mut(slot) {
+                if s.replace(v).is_some() {
+                    return None; // given twice: the reference names it
+                }
+            }
+            if !self.next_member()? {
+                return Some(slots);
+            }
+        }
+    }
+
+    /// The `items` array; the cursor is on its `[`.
+    fn items(&mut self, out: &mut [ItemSlots<'a>; INLINE_ITEMS]) -> Option<usize> {
+        self.eat(b'[')?;
+        self.ws();
+        if self.eat(b']').is_some() {
+            return Some(0);
+        }
+        let mut n = 0;
+        loop {
+            *out.get_mut(n)? = self.item()?;
+            n += 1;
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b']' => {
+                    self.i += 1;
+                    return Some(n);
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+// Slots of the event object's fields (the reference decoder's order).
+const TYPE: usize = 0;
+const EVENT_ID: usize = 1;
+const TS: usize = 2;
+const USER_ID: usize = 3;
+const CREATOR_ID: usize = 4;
+const PRODUCT_ID: usize = 5;
+const CONTENT_ID: usize = 6;
+const SURFACE: usize = 7;
+const ORDER_ID: usize = 8;
+const CURRENCY: usize = 9;
+const ITEMS: usize = 10;
+
+/// The slot of a field name, `usize::MAX` for unknown fields. By length and first byte,
+/// then one fixed-size compare: no `memcmp` calls.
+#[inline]
+fn slot_of(key: &str) -> usize {
+    fn is<const N: usize>(key: &[u8], name: &[u8; N]) -> bool {
+        <&[u8; N]>::try_from(key).is_ok_and(|k| k == name)
+    }
+    let k = key.as_bytes();
+    let (slot, name): (usize, &[u8]) = match (k.len(), k.first()) {
+        (2, _) => (TS, b"ts"),
+        (4, _) => (TYPE, b"type"),
+        (5, _) => (ITEMS, b"items"),
+        (7, Some(b'u')) => (USER_ID, b"user_id"),
+        (7, _) => (SURFACE, b"surface"),
+        (8, Some(b'e')) => (EVENT_ID, b"event_id"),
+        (8, Some(b'o')) => (ORDER_ID, b"order_id"),
+        (8, _) => (CURRENCY, b"currency"),
+        (10, Some(b'p')) => (PRODUCT_ID, b"product_id"),
+        (10, _) if k.get(1) == Some(&b'r') => (CREATOR_ID, b"creator_id"),
+        (10, _) => (CONTENT_ID, b"content_id"),
+        _ => return usize::MAX,
+    };
+    let same = match name.len() {
+        2 => is::<2>(k, b"ts"),
+        4 => is::<4>(k, b"type"),
+        5 => is::<5>(k, b"items"),
+        7 => name.try_into().is_ok_and(|n: &[u8; 7]| is(k, n)),
+        8 => name.try_into().is_ok_and(|n: &[u8; 8]| is(k, n)),
+        _ => name.try_into().is_ok_and(|n: &[u8; 10]| is(k, n)),
+    };
+    if same {
+        slot
+    } else {
+        usize::MAX
+    }
+}
+
+/// The event in `raw` if it is plain JSON and a valid event; `None` sends it to the
+/// reference decoder (which also decides every rejection).
+pub(super) fn decode(raw: &[u8], limits: &DecodeLimits) -> Option<Event> {
+    // An event with items is 3 deep; tighter limits are the reference's business.
+    if limits.max_depth < 3 {
+        return None;
+    }
+    let text = std::str::from_utf8(raw).ok()?;
+    let mut p = Parser { text, b: raw, i: 0 };
+    let mut f: [Option<V<'_>>; 11] = [None; 11];
+    let mut items: [ItemSlots<'_>; INLINE_ITEMS] = [[None; 4]; INLINE_ITEMS];
+    p.ws();
+    p.eat(b'{')?;
+    p.ws();
+    if p.eat(b'}').is_some() {
+        return None; // no type: the reference says so
+    }
+    loop {
+        let key = p.key()?;
+        let slot = slot_of(key);
+        let v = if p.peek()? == b'[' {
+            if slot != ITEMS {
+                return None;
+            }
+            V::Items(p.items(&mut items)?)
+        } else {
+            p.scalar()?
+        };
+        if let Some(s) = f.get_mut(slot) {
+            if s.replace(v).is_some() {
+                return None;
+            }
+        }
+        if !p.next_member()? {
+            break;
+        }
+    }
+    p.ws();
+    if p.i != raw.len() {
+        return None;
+    }
+    event(&f, &items, limits)
+}
+
+fn event(f: &[Option<V<'_>>; 11], items: &[ItemSlots<'_>; INLINE_ITEMS], limits: &DecodeLimits) -> Option<Event> {
+    let max_id = limits.max_id_bytes;
+    let Some(V::Str(ty)) = f[TYPE] else { return None };
+    let event_id = req_id(f[EVENT_ID], max_id)?;
+    let ts = ts(f[TS])?;
+    let user_id = req_id(f[USER_ID], max_id)?;
+    match ty {
+        "view" | "click" => {
+            let kind = if ty == "view" { TouchKind::View } else { TouchKind::Click };
+            let creator_id = req_id(f[CREATOR_ID], max_id)?;
+            let product_id = opt_id(f[PRODUCT_ID], max_id)?;
+            opt_id(f[CONTENT_ID], max_id)?;
+            let surface = opt_id(f[SURFACE], max_id)?;
+            Some(Event::Touch(Touch { kind, event_id, ts, user_id, creator_id, product_id, surface }))
+        }
+        "purchase" => {
+            let order_id = req_id(f[ORDER_ID], max_id)?;
+            let Some(V::Str(currency)) = f[CURRENCY] else { return None };
+            let currency = Currency::parse(currency)?;
+            let Some(V::Items(n)) = f[ITEMS] else { return None };
+            if n == 0 || n > limits.max_items {
+                return None;
+            }
+            let items = items[..n].iter().map(|s| purchase_item(s, max_id)).collect::<Option<Vec<_>>>()?;
+            Some(Event::Purchase(Purchase { event_id, ts, user_id, order_id, currency, items }))
+        }
+        "refund" => {
+            let order_id = req_id(f[ORDER_ID], max_id)?;
+            let items = match f[ITEMS] {
+                None | Some(V::Null) => None,
+                Some(V::Items(n)) if n > 0 && n <= limits.max_items => {
+                    Some(items[..n].iter().map(|s| refund_item(s, max_id)).collect::<Option<Vec<_>>>()?)
+                }
+                Some(_) => return None,
+            };
+            Some(Event::Refund(Refund { event_id, ts, user_id, order_id, items }))
+        }
+        _ => None,
+    }
+}
+
+fn purchase_item(f: &ItemSlots<'_>, max_id: usize) -> Option<Item> {
+    let product_id = req_id(f[0], max_id)?;
+    let Some(V::Int(quantity)) = f[1] else { return None };
+    let Some(V::Int(unit_price)) = f[2] else { return None };
+    if quantity < 1 {
+        return None;
+    }
+    quantity.checked_mul(unit_price)?;
+    let category = opt_id(f[3], max_id)?;
+    Some(Item { product_id, quantity, unit_price, category })
+}
+
+fn refund_item(f: &ItemSlots<'_>, max_id: usize) -> Option<RefundItem> {
+    let product_id = req_id(f[0], max_id)?;
+    let Some(V::Int(quantity)) = f[1] else { return None };
+    (quantity >= 1).then_some(RefundItem { product_id, quantity })
+}
+
+#[inline]
+fn req_id(v: Option<V<'_>>, max_id: usize) -> Option<Str> {
+    match v? {
+        V::Str(s) if !s.is_empty() && s.len() <= max_id => Some(Str::from(s)),
+        _ => None,
+    }
+}
+
+/// `Some(None)`: absent or `null`; `None`: invalid.
+#[inline]
+fn opt_id(v: Option<V<'_>>, max_id: usize) -> Option<Option<Str>> {
+    match v {
+        None | Some(V::Null) => Some(None),
+        v => req_id(v, max_id).map(Some),
+    }
+}
+
+fn ts(v: Option<V<'_>>) -> Option<Millis> {
+    let ts = match v? {
+        V::Int(n) => n,
+        V::Str(s) => parse_rfc3339_ms(s)?,
+        _ => return None,
+    };
+    (0..=MAX_TS).contains(&ts).then_some(ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Decoder;
+    use crate::gen::{generate, GenKind, GenOptions};
+    use proptest::prelude::*;
+
+    const TIGHT: DecodeLimits = DecodeLimits { max_message_bytes: 400, max_items: 2, max_id_bytes: 8, max_depth: 3 };
+
+    /// The whole decoder (fast path first) and the simd-json reference give the same result.
+    fn agrees(raw: &[u8]) {
+        for limits in [DecodeLimits::default(), TIGHT, DecodeLimits { max_depth: 2, ..DecodeLimits::default() }] {
+            let mut d = Decoder::new(limits);
+            let reference = d.decode_reference(raw);
+            if let Some(fast) = decode(raw, &limits) {
+                assert_eq!(Ok(&fast), reference.as_ref(), "fast path accepted {:?}", String::from_utf8_lossy(raw));
+            }
+            assert_eq!(d.decode(raw), reference, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn gen_lines_take_the_fast_path_and_agree() {
+        let opts =
+            GenOptions { events: 30_000, duplicates: 0.02, invalid: 0.05, refunds: 0.3, ..GenOptions::default() };
+        let limits = DecodeLimits::default();
+        let mut d = Decoder::new(limits);
+        let mut fast_hits = 0;
+        generate(&opts, |kind, line| {
+            let raw = line.strip_suffix(b"\n").unwrap_or(line);
+            let reference = d.decode_reference(raw);
+            match decode(raw, &limits) {
+                Some(e) => {
+                    assert_eq!(Ok(&e), reference.as_ref(), "{}", String::from_utf8_lossy(raw));
+                    fast_hits += 1;
+                }
+                None => assert!(kind == GenKind::Invalid, "valid {kind:?} missed: {}", String::from_utf8_lossy(raw)),
+            }
+            assert_eq!(d.decode(raw), reference);
+            Ok(())
+        })
+        .unwrap();
+        assert!(fast_hits > 25_000, "{fast_hits}");
+    }
+
+    const TEMPLATES: [&str; 5] = [
+        r#"{"type":"click","event_id":"k-1","ts":1764400000000,"user_id":"u-42","creator_id":"c-7","product_id":"p-3","content_id":"x","surface":"video"}"#,
+        r#"{"type":"view","event_id":"v","ts":"2025-11-29T07:06:40.5+01:00","user_id":"u","creator_id":"c","product_id":null,"n":[1]}"#,
+        r#"{"type":"purchase","event_id":"o-1","ts":1764400600000,"user_id":"u-42","order_id":"ord-9","currency":"USD","items":[{"product_id":"p-3","quantity":2,"unit_price":1999,"category":"beauty"},{"product_id":"p","quantity":1,"unit_price":0}]}"#,
+        r#"{"type":"refund","event_id":"r-1","ts":1764487000000,"user_id":"u-42","order_id":"ord-9","items":[{"product_id":"p-3","quantity":1,"unit_price":"x"}]}"#,
+        r#" { "type" : "refund" , "event_id":"r-1","ts":0,"user_id":"é","order_id":"o","items":null,"x":true,"y":false } "#,
+    ];
+
+    #[test]
+    fn edge_cases_agree() {
+        let edits: &[(&str, &str)] = &[
+            ("", ""),
+            ("\"ts\":1764400000000", "\"ts\":-0"),
+            ("\"ts\":1764400000000", "\"ts\":01"),
+            ("\"ts\":1764400000000", "\"ts\":1.0"),
+            ("\"ts\":1764400000000", "\"ts\":1e3"),
+            ("\"ts\":1764400000000", "\"ts\":9999999999999999999"),
+            ("\"ts\":1764400000000", "\"ts\":999999999999999999"),
+            ("\"ts\":1764400000000", "\"ts\":253402300799999"),
+            ("\"ts\":1764400000000", "\"ts\":253402300800000"),
+            ("\"ts\":1764400000000", "\"ts\":\"2025-11-29T07:06:40Z\""),
+            ("\"ts\":1764400000000", "\"ts\":true"),
+            ("u-42", "u\\u0041"),
+            ("u-42", "u\t42"),
+            ("u-42", ""),
+            ("u-42", "ü"),
+            ("\"type\"", "\"type\":\"view\",\"type\""),
+            ("\"quantity\":2", "\"quantity\":2,\"quantity\":2"),
+            ("\"quantity\":2", "\"quantity\":0"),
+            ("\"quantity\":2", "\"quantity\":\"2\""),
+            ("\"unit_price\":1999", "\"unit_price\":999999999999999999"),
+            ("\"items\":[", "\"items\":[1,"),
+            ("\"items\":[", "\"items\":[{},"),
+            ("\"items\":[", "\"items\":[ "),
+            ("\"currency\":\"USD\"", "\"currency\":\"usd\""),
+            ("\"currency\":\"USD\"", "\"currency\":null"),
+            ("\"content_id\":\"x\"", "\"content_id\":\"\""),
+            ("\"content_id\":\"x\"", "\"content_id\":{}"),
+            ("\"content_id\":\"x\"", "\"content_id\":[]"),
+            ("\"content_id\":\"x\"", "\"content_id\":nul"),
+            ("\"content_id\":\"x\"", "\"content_id\":nullx"),
+            ("\"content_id\":\"x\"", "\"content_id\":truex"),
+            ("\"surface\":\"video\"", "\"surface\":\"video\"\"x\":1"),
+            ("\"user_id\"", "\"user_id\"\n"),
+            ("}", "},"),
+            ("}", "}x"),
+            ("{", "[{"),
+            ("{\"type\"", "{\"TYPE\""),
+            ("\"type\":\"refund\"", "\"type\":\"purchase\""),
+            ("\"type\":\"purchase\"", "\"type\":\"refund\""),
+            ("\"type\":\"click\"", "\"type\":\"purchase\""),
+            ("\"category\":\"beauty\"", "\"category\":\"123456789\""),
+            ("\"items\":null", "\"items\":[]"),
+            ("\"items\":null", "\"items\":\"all\""),
+        ];
+        for t in TEMPLATES {
+            for (from, to) in edits {
+                agrees(t.replacen(from, to, 1).as_bytes());
+            }
+            agrees(format!("{t}\u{0}").as_bytes());
+            agrees(&t.as_bytes()[..t.len() - 1]);
+        }
+        let many: Vec<String> =
+            (0..17).map(|i| format!(r#"{{"product_id":"p{i}","quantity":1,"unit_price":1}}"#)).collect();
+        for n in [1, 2, 3, 16, 17] {
+            agrees(
+                format!(
+                    r#"{{"type":"purchase","event_id":"e","ts":1,"user_id":"u","order_id":"o","currency":"USD","items":[{}]}}"#,
+                    many[..n].join(",")
+                )
+                .as_bytes(),
+            );
+        }
+        agrees(b"{}");
+        agrees(b"");
+        agrees(b"  ");
+        agrees(b"{\"type\":\"view\xff\"}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn mutated_events_agree(
+            t in 0..TEMPLATES.len(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0..3u8, prop::sample::select(
+                b"\"\\{}[],:0123456789-.eE tnulrfa \x01\x7fx\xc3\xa9".to_vec())), 1..4),
+        ) {
+            let mut raw = TEMPLATES[t].as_bytes().to_vec();
+            for (at, op, byte) in edits {
+                let i = at.index(raw.len() + 1);
+                match op {
+                    0 => raw.insert(i, byte),
+                    1 if i < raw.len() => { raw.remove(i); }
+                    _ if i < raw.len() => raw[i] = byte,
+                    _ => raw.push(byte),
+                }
+            }
+            agrees(&raw);
+        }
+    }
+}
