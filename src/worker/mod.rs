@@ -47,7 +47,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
@@ -773,6 +773,14 @@ impl Core {
             self.observe.metrics.transaction_aborted();
         }
         if (self.in_txn || self.abort_pending) && self.config.kafka.exactly_once {
+            // What the aborted transaction still holds is discarded anyway: drop what was
+            // not sent, and serve the delivery reports of what was (librdkafka's abort
+            // waits for them, and only the application's poll delivers them).
+            self.producer.purge(PurgeConfig::default().queue());
+            let deadline = Instant::now() + self.config.transaction_timeout;
+            while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+                self.producer.poll(Duration::from_millis(20));
+            }
             match self.producer.abort_transaction(self.config.transaction_timeout) {
                 Ok(()) => self.abort_pending = false,
                 Err(e) => {
@@ -787,6 +795,9 @@ impl Core {
             }
         }
         self.in_txn = false;
+        // Failures of the aborted transaction's messages (purged ones included) are not
+        // the next transaction's.
+        self.producer.context().failures.lock().expect("not poisoned").clear();
         let groups: Vec<i32> = self.tasks.keys().copied().collect();
         self.unrestored.extend(groups);
         self.tasks.clear();
@@ -920,8 +931,10 @@ fn prepare_topics(config: &Config) -> Result<i32, WorkerError> {
             .map_err(WorkerError::kafka("creating an admin client"))?;
         // Compacted: the latest record per key (shopper, group record, log entry) is the
         // state; tombstones remove gone shoppers and covered log entries.
+        let max_bytes = STATE_MESSAGE_BYTES.to_string();
         let topic = NewTopic::new(state, n, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact")
+            .set("max.message.bytes", &max_bytes)
             .set("min.cleanable.dirty.ratio", "0.1")
             .set("segment.ms", "3600000");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1023,7 +1036,10 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     );
     let epoch = Instant::now();
     let mut pc = client_config(&config);
-    pc.set("enable.idempotence", "true").set("linger.ms", "5");
+    // State records (one shopper's touches and orders) can outgrow the 1 MB default.
+    pc.set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", STATE_MESSAGE_BYTES.to_string());
     if config.kafka.exactly_once {
         pc.set("transactional.id", &config.kafka.transactional_id)
             .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string());
@@ -1190,6 +1206,11 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     info!(records = core.lock().records, "stopped");
     result
 }
+
+/// Largest state-topic record: a shopper with thousands of touches and orders credited
+/// to many of them (a linear shadow model, say) writes one large record. The state topic
+/// is created with this `max.message.bytes`; create it yourself with at least as much.
+const STATE_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Bytes of held messages at which an input partition is paused in the consumer (it
 /// resumes below half of this).

@@ -233,7 +233,7 @@ fn purchases_keyed_by_order_id_are_dead_lettered_as_misrouted_and_never_joined()
         env.read_all("dlq").iter().map(|(_, _, v)| serde_json::from_slice(v).unwrap()).collect();
     let n = dead.iter().filter(|d| d["reason"] == "misrouted").count() as u64;
     assert_eq!(n, misrouted, "every misrouted purchase and refund dead-lettered, once");
-    let logged = env.worker_log("w1").lines().filter(|l| l.contains("reason=misrouted")).count();
+    let logged = env.worker_log("w1").lines().filter(|l| l.contains("dead letter") && l.contains("misrouted")).count();
     assert!((1..50).contains(&logged), "misrouted events logged at a sampled rate ({logged} lines)");
 }
 
