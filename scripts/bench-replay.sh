@@ -53,6 +53,7 @@ else
 fi
 
 if [ -n "${CALLGRIND:-}" ]; then
+  mkdir -p "$target/bench-replay"
   head -100000 "$file" >"$target/bench-replay/100k.jsonl"
   total=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" replay --quiet --out /dev/null \
     "$target/bench-replay/100k.jsonl" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')

@@ -47,9 +47,14 @@ pub struct Nets {
 }
 
 fn key_into(buf: &mut String, r: &RecordView<'_>) {
-    use std::fmt::Write;
     buf.clear();
-    let _ = write!(buf, "{}\u{0}{}\u{0}{}\u{0}{}", r.user_id, r.purchase_event_id, r.item_index, r.creator_id);
+    buf.push_str(r.user_id);
+    buf.push('\u{0}');
+    buf.push_str(r.purchase_event_id);
+    buf.push('\u{0}');
+    buf.push_str(itoa::Buffer::new().format(r.item_index));
+    buf.push('\u{0}');
+    buf.push_str(r.creator_id);
 }
 
 impl Sink for Nets {
@@ -60,7 +65,6 @@ impl Sink for Nets {
         match r.kind {
             RecordKind::Commission => {
                 key_into(&mut self.key, r);
-                let net = Net { commission: r.to_record(), share: r.share_minor, amount: r.commission_minor };
                 // A commission id is written once per shopper (duplicates are dropped
                 // before): a repeat would be a new order under a reused purchase id.
                 match self.index.get(self.key.as_str()) {
@@ -71,7 +75,11 @@ impl Sink for Nets {
                     }
                     None => {
                         self.index.insert(self.key.as_str().into(), self.nets.len());
-                        self.nets.push(net);
+                        self.nets.push(Net {
+                            commission: r.to_record(),
+                            share: r.share_minor,
+                            amount: r.commission_minor,
+                        });
                     }
                 }
             }
