@@ -107,6 +107,21 @@ fn a_pipeline_restored_from_a_snapshot_continues_exactly() {
 
 #[test]
 fn incremental_checkpoints_applied_to_a_compacted_log_restore_exactly() {
+    incremental_restores_match(Processing::default());
+}
+
+/// A linear paid model and shadow models credit every touch in the window: a restore that
+/// lost an old touch, or a shadow credit, shows here.
+#[test]
+fn incremental_restores_with_a_linear_model_and_shadow_models_match() {
+    let mut p = Processing::default();
+    p.engine.model = attrib::model::Model::Linear;
+    p.engine.shadow_models = vec![attrib::model::Model::LastTouch, attrib::model::Model::TimeDecay];
+    incremental_restores_match(p);
+}
+
+fn incremental_restores_match(processing: Processing) {
+    let pipeline = |inputs: usize| Pipeline::new(processing.clone(), inputs);
     let lines = workload();
     let mut straight = pipeline(4);
     let mut want = Collect::default();
