@@ -113,7 +113,7 @@ fn a_changed_commission_plan_applies_after_a_restart_and_reversals_keep_their_ra
             other => panic!("unexpected record kind {other}"),
         }
     }
-    assert_eq!((first_paid, second_paid, reversals), (200, 200, 20));
+    assert_eq!((first_paid, second_paid, reversals), (200, 200, 20), "{}", env.logs_tail());
 }
 
 #[test]
