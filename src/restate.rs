@@ -206,14 +206,18 @@ pub fn adjustments(old: &Nets, new: &Nets, revision: &str) -> Restatement {
         if share == 0 && amount == 0 {
             return;
         }
-        let mut view = template.view();
-        view.kind = RecordKind::Adjustment;
-        view.share_minor = share;
-        view.commission_minor = amount;
-        view.revision = Some(revision);
-        view.refund_event_id = None;
-        view.lock_ts = None;
-        let rec = view.to_record();
+        // The template is a commission, whose id is the key's base id (SPEC 8.5:
+        // `purchase_event_id:item_index:creator_id:adj:NAME`).
+        debug_assert_eq!(template.kind, RecordKind::Commission);
+        let mut rec = template.clone();
+        rec.commission_id = format!("{}:adj:{revision}", template.commission_id).into();
+        rec.kind = RecordKind::Adjustment;
+        rec.share_minor = share;
+        rec.commission_minor = amount;
+        rec.revision = Some(revision.into());
+        rec.original_commission_id = None;
+        rec.refund_event_id = None;
+        rec.lock_ts = None;
         let t = out.by_creator.entry((rec.creator_id.clone(), rec.currency)).or_default();
         t.adjustments += 1;
         t.share_minor = t.share_minor.saturating_add(share);
