@@ -449,6 +449,7 @@ impl Core {
             if !changed.is_empty() {
                 task.set_processing(self.processing.clone());
             }
+            task.wake_inputs();
             let engine = task.state.pipeline.engine();
             info!(
                 group = p,

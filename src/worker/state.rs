@@ -57,6 +57,9 @@ pub enum Step {
     Idle { input: u16 },
     /// The config in force changed (a restart with another config, SPEC 8.1).
     Config(Box<Processing>),
+    /// Input `input` counts as active again (a worker that takes over a group does not
+    /// inherit its predecessor's idleness: see `Task::wake_inputs`).
+    Active { input: u16 },
 }
 
 /// The steps of one commit.
@@ -489,6 +492,7 @@ fn apply_control(state: &mut TaskState, step: Step) {
     match step {
         Step::Idle { input } => state.pipeline.set_idle(usize::from(input), true, &mut Discard),
         Step::Config(p) => state.pipeline.set_processing(*p),
+        Step::Active { input } => state.pipeline.set_idle(usize::from(input), false, &mut Discard),
         Step::Advance { .. } => unreachable!("handled by the caller"),
     }
 }

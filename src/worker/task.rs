@@ -122,6 +122,20 @@ impl Task {
         self.log.push(Step::Idle { input: input as u16 });
     }
 
+    /// Marks every idle input active again, logged. A restored group's inputs may all be
+    /// idle (a `--stop-at-end` run stops once they are); left idle, the first input to be
+    /// read would move the watermark alone, and purchases could become final before the
+    /// touches on the other inputs are read. Each goes idle again after `idle_timeout`
+    /// with nothing to read.
+    pub fn wake_inputs(&mut self) {
+        for i in 0..self.state.positions.len() {
+            if self.state.pipeline.watermarks().is_idle(i) {
+                self.state.pipeline.set_idle(i, false, &mut crate::pipeline::Discard);
+                self.log.push(Step::Active { input: i as u16 });
+            }
+        }
+    }
+
     /// Switches to the config this worker runs with, logged so a rebuild switches at the
     /// same point (SPEC 8.1).
     pub fn set_processing(&mut self, processing: Processing) {
