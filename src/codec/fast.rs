@@ -214,18 +214,8 @@ impl<'a> Parser<'a> {
     }
 }
 
-// Slots of the event object's fields (the reference decoder's order).
-const TYPE: usize = 0;
-const EVENT_ID: usize = 1;
-const TS: usize = 2;
-const USER_ID: usize = 3;
-const CREATOR_ID: usize = 4;
-const PRODUCT_ID: usize = 5;
-const CONTENT_ID: usize = 6;
-const SURFACE: usize = 7;
-const ORDER_ID: usize = 8;
-const CURRENCY: usize = 9;
-const ITEMS: usize = 10;
+// Slots of the event object's fields: the reference decoder's, so both fill the same table.
+use super::{CONTENT_ID, CREATOR_ID, CURRENCY, EVENT_ID, ITEMS, ORDER_ID, PRODUCT_ID, SURFACE, TS, TYPE, USER_ID};
 
 /// The slot of a field name, `usize::MAX` for unknown fields. By length and first byte,
 /// then one fixed-size compare: no `memcmp` calls.

@@ -427,7 +427,7 @@ impl Core {
                 None => state::PartitionState::default(),
             };
             let (read_records, read_bytes) = (part.records, part.bytes);
-            let routing = Routing { partition: p, check: Some((self.config.partitioner, self.partitions)) };
+            let routing = Routing { partition: p, partitioner: self.config.partitioner, partitions: self.partitions };
             let (restored, ckpt_seq) = state::rebuild(
                 &self.restore_consumer,
                 part,

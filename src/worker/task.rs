@@ -15,14 +15,14 @@ pub use super::state::Step;
 
 pub use crate::routing::Partitioner;
 
-/// Where a group's messages come from: the partition number and, when checked, how
-/// inputs are partitioned and into how many partitions.
+/// Where a group's messages come from, and how inputs are partitioned: events whose
+/// `user_id` maps to another partition are dead-lettered as `misrouted` (SPEC 8.6).
 #[derive(Clone, Copy, Debug)]
 pub struct Routing {
     pub partition: i32,
-    /// `(partitioner, partition count)`: events whose `user_id` maps elsewhere are
-    /// dead-lettered as `misrouted`. `None`: not checked.
-    pub check: Option<(Partitioner, i32)>,
+    pub partitioner: Partitioner,
+    /// Partition count of the inputs.
+    pub partitions: i32,
 }
 
 /// The state of one partition group.
@@ -58,12 +58,13 @@ impl TaskState {
         let partition = routing.partition;
         let source = || SourcePos::Kafka { topic: topic.to_string(), partition, offset };
         let decoded = self.pipeline.decode(payload);
-        if let (Ok(event), Some((partitioner, n))) = (&decoded, routing.check) {
-            let expected = partitioner.partition(event.user_id().as_bytes(), n);
+        if let Ok(event) = &decoded {
+            let n = routing.partitions;
+            let expected = routing.partitioner.partition(event.user_id().as_bytes(), n);
             if expected != partition {
                 let error = format!(
                     "user_id {:?} maps to partition {expected} of {n} (kafka.partitioner), the event is on partition \
-                     {partition}: re-key the topic by user_id or set kafka.repartition",
+                     {partition}: re-key the topic by user_id",
                     event.user_id()
                 );
                 self.pipeline.reject(DeadLetterReason::Misrouted, error, source(), payload, out);

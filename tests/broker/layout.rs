@@ -116,9 +116,9 @@ fn a_changed_commission_plan_applies_after_a_restart_and_reversals_keep_their_ra
     assert_eq!((first_paid, second_paid, reversals), (200, 200, 20), "{}", env.logs_tail());
 }
 
-#[test]
-#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
-fn two_workers_on_one_host_with_default_ids_and_shadow_records() {
+/// Two workers with the default transactional id and a linear shadow model on one host,
+/// run to the end: the env, replay's shadow records and the shadow records written.
+fn two_workers_with_a_shadow_model() -> (Env, Vec<Record>, Vec<Record>) {
     // No kafka.transactional_id: each worker claims its own slot of the default id, so
     // neither fences the other. A shadow model writes to its own topic only.
     let env = Env::new("host", workload(222));
@@ -153,9 +153,16 @@ fn two_workers_on_one_host_with_default_ids_and_shadow_records() {
     assert_eq!(ids.len(), 2, "both workers claimed a slot\n{}", env.logs_tail());
     assert_ne!(ids[0], ids[1], "distinct transactional ids on one host");
     env.assert_output_equals_replay();
+    let written = records(&env, "shadow");
+    (env, sink.shadow, written)
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn two_workers_on_one_host_with_default_ids_and_shadow_records() {
+    let (env, replayed, shadow) = two_workers_with_a_shadow_model();
     // Shadow records only on the shadow topic, every one of them from the shadow model.
-    let shadow = records(&env, "shadow");
-    assert!(shadow.len() > sink.shadow.len() / 2, "shadow records written ({})", shadow.len());
+    assert!(shadow.len() > replayed.len() / 2, "shadow records written ({})", shadow.len());
     assert!(shadow.iter().all(|r| r.shadow && r.model == attrib::model::Model::Linear));
     assert!(records(&env, "commissions").iter().all(|r| !r.shadow), "no shadow record on the paid topic");
 }
@@ -168,43 +175,10 @@ fn two_workers_on_one_host_with_default_ids_and_shadow_records() {
 /// test (`--skip known_defect_`) until it is fixed; run it by name to reproduce.
 #[ignore = "known defect, see the doc comment; needs a Kafka broker"]
 fn known_defect_linear_shadow_records_over_two_workers_equal_replay() {
-    // No kafka.transactional_id: each worker claims its own slot of the default id, so
-    // neither fences the other. A shadow model writes to its own topic only.
-    let env = Env::new("host", workload(222));
-    create_topic(&env.topic("shadow"), PARTITIONS);
-    let config = Config::from_toml("[attribution]\nshadow_models = [\"linear\"]\n").unwrap();
-    let mut sink = MemorySink::default();
-    replay(&config, open_files(std::slice::from_ref(&env.workload)).unwrap(), &mut sink).unwrap();
-    assert_eq!(sink.records.len(), env.expected.len(), "shadow models never change the paid output");
-    assert!(!sink.shadow.is_empty());
-    env.produce(&[&env.workload]);
-    let shadow_topic = env.topic("shadow");
-    let extra = [
-        ("ATTRIB__KAFKA__TRANSACTIONAL_ID", ""),
-        ("ATTRIB__ATTRIBUTION__SHADOW_MODELS", "[linear]"),
-        ("ATTRIB__KAFKA__SHADOW_TOPIC", shadow_topic.as_str()),
-    ];
-    let a = env.start_worker_with("wa", &extra, &[]);
-    let b = env.start_worker_with("wb", &extra, &[]);
-    env.wait_progress(1.0, LIMIT);
-    for (name, w) in [("wa", a), ("wb", b)] {
-        let status = stop(w, Duration::from_secs(30));
-        assert!(status.success(), "{name} exit: {status}\n{}", env.logs_tail());
-    }
-    let ids: Vec<String> = ["wa", "wb"]
-        .iter()
-        .filter_map(|n| {
-            let log = env.worker_log(n);
-            let line = log.lines().find(|l| l.contains("claimed a transactional id slot"))?.to_string();
-            Some(line.split("transactional_id=").nth(1)?.split_whitespace().next()?.to_string())
-        })
-        .collect();
-    assert_eq!(ids.len(), 2, "both workers claimed a slot\n{}", env.logs_tail());
-    assert_ne!(ids[0], ids[1], "distinct transactional ids on one host");
-    env.assert_output_equals_replay();
+    let (_env, replayed, shadow) = two_workers_with_a_shadow_model();
     let key = |r: &Record| serde_json::to_string(r).unwrap();
-    let mut want: Vec<String> = sink.shadow.iter().map(key).collect();
-    let mut have: Vec<String> = records(&env, "shadow").iter().map(key).collect();
+    let mut want: Vec<String> = replayed.iter().map(key).collect();
+    let mut have: Vec<String> = shadow.iter().map(key).collect();
     want.sort();
     have.sort();
     assert_eq!(have.len(), want.len(), "shadow record count");
@@ -238,11 +212,11 @@ fn purchases_keyed_by_order_id_are_dead_lettered_as_misrouted_and_never_joined()
         let m = m.unwrap();
         seen += 1;
         let key = m.key().unwrap();
-        assert_eq!(m.partition(), (murmur2(key) & 0x7fff_ffff) as i32 % PARTITIONS, "Java partitioner placement");
+        assert_eq!(m.partition(), java_partition(key), "Java partitioner placement");
     }
 
     // What a correct worker writes: the records of every event except the misrouted ones.
-    let part = |k: &str| (murmur2(k.as_bytes()) & 0x7fff_ffff) as i32 % PARTITIONS;
+    let part = |k: &str| java_partition(k.as_bytes());
     let text = std::fs::read_to_string(&env.workload).unwrap();
     let mut kept = String::new();
     let mut misrouted = 0u64;

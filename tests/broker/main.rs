@@ -344,7 +344,7 @@ fn missing_by_group(missing: &[&String]) -> String {
     let mut groups: BTreeMap<i32, (usize, i64, i64)> = BTreeMap::new();
     for m in missing {
         let r: Record = serde_json::from_str(m).unwrap();
-        let g = (murmur2(r.user_id.as_bytes()) & 0x7fff_ffff) as i32 % PARTITIONS;
+        let g = java_partition(r.user_id.as_bytes());
         let e = groups.entry(g).or_insert((0, i64::MAX, i64::MIN));
         e.0 += 1;
         e.1 = e.1.min(r.purchase_ts);
@@ -353,33 +353,10 @@ fn missing_by_group(missing: &[&String]) -> String {
     groups.iter().map(|(g, (n, lo, hi))| format!("group {g}: {n} missing, purchase_ts {lo}..={hi}\n")).collect()
 }
 
-/// Kafka's default partitioner hash (murmur2, seed 0x9747b28c), as librdkafka's
-/// `murmur2_random` uses for keyed messages.
-fn murmur2(data: &[u8]) -> u32 {
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M) ^ k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^ (h >> 15)
+/// The partition Kafka's default partitioner (the Java client's murmur2) gives `key`
+/// among the test topics' partitions.
+fn java_partition(key: &[u8]) -> i32 {
+    attrib::routing::Partitioner::Murmur2.partition(key, PARTITIONS)
 }
 
 /// A port nothing listens on right now.
