@@ -14,8 +14,9 @@
 //! the engine did with them as they arrived: a repeat is `duplicate`; one dead-lettered
 //! as too late, or one that arrived after the purchase was already attributed (late
 //! within `allowed_lateness`, or behind a watermark that had passed the purchase), is
-//! `too_late`; one stored earlier but gone from state is `dropped_by_cap` (expiry
-//! never drops a touch inside the longest lookback of a purchase that is still to be
+//! `too_late`; one stored but not among the newest `max_touches_per_user` at or before
+//! the purchase (still in state or already dropped) is `dropped_by_cap` (expiry never
+//! drops a touch inside the longest lookback of a purchase that is still to be
 //! attributed).
 //!
 //! Decisions where the spec is silent: touches listed are the shopper's touches with

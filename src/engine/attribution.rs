@@ -14,16 +14,26 @@ pub struct EligibleWindows {
     oldest: Millis,
     oldest_click: Millis,
     purchase_ts: Millis,
+    /// `max_touches_per_user`: only the newest this many touches at or before the purchase count.
+    cap: usize,
 }
 
 impl EligibleWindows {
-    /// Floors for a purchase at `t`, from `[click, view]` windows by surface index.
-    pub fn new(windows: &[[Millis; 2]], max_window: Millis, max_click_window: Millis, t: Millis) -> EligibleWindows {
+    /// Floors for a purchase at `t`, from `[click, view]` windows by surface index, with
+    /// touch cap `cap`.
+    pub fn new(
+        windows: &[[Millis; 2]],
+        max_window: Millis,
+        max_click_window: Millis,
+        t: Millis,
+        cap: usize,
+    ) -> EligibleWindows {
         EligibleWindows {
             floors: windows.iter().map(|w| [t.saturating_sub(w[1]), t.saturating_sub(w[0])]).collect(),
             oldest: t.saturating_sub(max_window),
             oldest_click: t.saturating_sub(max_click_window),
             purchase_ts: t,
+            cap,
         }
     }
 
@@ -62,10 +72,13 @@ impl EligibleWindows {
         self.oldest
     }
 
-    /// The touches that can be eligible at all: `oldest ..= purchase_ts`.
+    /// The touches that can be eligible at all: `oldest ..= purchase_ts`, and of those at
+    /// or before the purchase the newest `cap` only (SPEC 5: beyond the cap the oldest go
+    /// first). The store keeps every touch that this range can need whatever the arrival
+    /// order ([`Cap`](super::state::Cap)), so the range does not depend on it either.
     pub fn range(&self, touches: &[StoredTouch]) -> std::ops::Range<usize> {
-        let from = touches.partition_point(|x| x.ts < self.oldest);
         let to = touches.partition_point(|x| x.ts <= self.purchase_ts);
+        let from = touches.partition_point(|x| x.ts < self.oldest).max(to.saturating_sub(self.cap));
         from..to.max(from)
     }
 }

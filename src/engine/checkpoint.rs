@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ledger::{Credit, Line, Order};
-use super::state::{NewTouch, STOREFRONT};
+use super::state::{Cap, NewTouch, STOREFRONT};
 use super::{Engine, Final, Pending, Stats};
 use crate::model::{Currency, Millis, Model, Purchase, Refund, Str, TouchKind};
 
@@ -231,8 +231,6 @@ impl Engine {
         if !self.shoppers.get(slot).touches.is_empty() || self.shoppers.get(slot).cold.is_some() {
             return Err(CheckpointError::Corrupt(format!("shopper {:?} loaded twice", rec.user_id)));
         }
-        // Touches are stored in order already; a cap of their count keeps them all.
-        let cap = rec.touches.len().max(1);
         for t in &rec.touches {
             let new = NewTouch {
                 kind: if t.click { TouchKind::Click } else { TouchKind::View },
@@ -242,7 +240,8 @@ impl Engine {
                 product_id: t.product.as_deref(),
                 surface: t.surface,
             };
-            self.shoppers.insert_touch(slot, &new, cap, &self.retention);
+            // Capped when they were written: every one is kept.
+            self.shoppers.insert_touch(slot, &new, Cap::NONE, &self.retention);
         }
         if !rec.seen.is_empty() || !rec.orders.is_empty() || !rec.pending.is_empty() {
             let mut orders = Vec::with_capacity(rec.orders.len());

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use self::attribution::{credits_for, EligibleWindows};
 use self::ledger::{Credit, Line, Order, RefundOutcome};
 use self::plan::CommissionPlan;
-use self::state::{id_hash, Inserted, NewTouch, Retention, Shoppers, StoredTouch, STOREFRONT};
+use self::state::{id_hash, Cap, Inserted, NewTouch, Retention, Shoppers, StoredTouch, STOREFRONT};
 use crate::model::{
     Currency, DeadLetterReason, Event, EventType, Millis, Model, Purchase, RecordKind, RecordView, Refund, Str,
 };
@@ -474,10 +474,14 @@ impl Engine {
                             product_id: touch.product_id.as_deref(),
                             surface: self.surface_index(touch.surface.as_deref()),
                         };
-                        match self.shoppers.insert_touch(slot, &new, self.cfg.max_touches_per_user, &self.retention) {
+                        let cap = Cap {
+                            max: self.cfg.max_touches_per_user,
+                            horizon: self.watermark.saturating_sub(self.cfg.allowed_lateness),
+                        };
+                        match self.shoppers.insert_touch(slot, &new, cap, &self.retention) {
                             Inserted::Duplicate => Outcome::Duplicate,
-                            Inserted::Stored { evicted } => {
-                                self.stats.touches_evicted_cap += evicted as u64;
+                            Inserted::Stored { over_cap } => {
+                                self.stats.touches_evicted_cap += u64::from(over_cap);
                                 self.stats.of(ty).processed += 1;
                                 Outcome::Accepted { late }
                             }
@@ -620,7 +624,13 @@ impl Engine {
             self.stats.of(EventType::Purchase).duplicate_order += 1;
             return;
         }
-        let windows = EligibleWindows::new(&self.windows, self.max_window, self.max_click_window, p.ts);
+        let windows = EligibleWindows::new(
+            &self.windows,
+            self.max_window,
+            self.max_click_window,
+            p.ts,
+            self.cfg.max_touches_per_user,
+        );
         out.attributing(&Attributing {
             purchase: p,
             touches: self.shoppers.get(slot).touches.as_slice(),

@@ -243,11 +243,52 @@ pub struct Retention {
     pub orders: Millis,
 }
 
+/// The touch cap, `max_touches_per_user` (SPEC 5): of the touches at or before its time,
+/// a purchase is credited from the newest `max` only (see
+/// [`EligibleWindows`](super::attribution::EligibleWindows)). Which touches the store may
+/// drop must not depend on the order events arrive in, or on what arrived after the
+/// purchase: a touch is dropped once `max` newer touches of its shopper lie before the
+/// horizon, the watermark minus the allowed lateness, before which every purchase still
+/// to be attributed lies too. So a shopper holds at most `max` touches, plus those newer
+/// than the horizon; as a memory bound it never holds more than `max + max(max, 10,000)`,
+/// dropping the oldest beyond that (then, and only then, arrival order matters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cap {
+    pub max: usize,
+    /// The watermark minus the allowed lateness.
+    pub horizon: Millis,
+}
+
+impl Cap {
+    /// No cap: a restore of touches that were capped when they were written.
+    pub const NONE: Cap = Cap { max: usize::MAX, horizon: Millis::MIN };
+    /// Touches newer than the horizon kept beyond the cap, at least.
+    const HEADROOM: usize = 10_000;
+
+    /// How many of `touches` (in `(ts, event_id)` order) to drop, oldest first.
+    #[inline]
+    fn excess(self, touches: &[StoredTouch]) -> usize {
+        if touches.len() <= self.max {
+            return 0;
+        }
+        let settled = touches.partition_point(|t| t.ts < self.horizon);
+        settled.saturating_sub(self.max).max(touches.len().saturating_sub(self.limit()))
+    }
+
+    /// The most touches a shopper ever holds.
+    fn limit(self) -> usize {
+        self.max.saturating_add(self.max.max(Cap::HEADROOM))
+    }
+}
+
 /// What [`Shoppers::insert_touch`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inserted {
-    /// Stored; `evicted` touches of this shopper were dropped to respect the cap.
-    Stored { evicted: usize },
+    /// Stored. `over_cap`: the shopper now has more than `max_touches_per_user` touches,
+    /// so this one pushed the oldest out of reach of every later purchase (SPEC 5: "the
+    /// oldest go first, counted"); the store drops it once nothing still to come can need
+    /// it ([`Cap`]).
+    Stored { over_cap: bool },
     /// This shopper already has a touch, purchase or refund with this event id.
     Duplicate,
 }
@@ -398,7 +439,7 @@ impl Shoppers {
 
     /// Stores a touch of shopper `slot`, keeping at most `cap` touches per shopper (the
     /// oldest go first). The caller checked for duplicates among purchase and refund ids.
-    pub fn insert_touch(&mut self, slot: u32, t: &NewTouch<'_>, cap: usize, retention: &Retention) -> Inserted {
+    pub fn insert_touch(&mut self, slot: u32, t: &NewTouch<'_>, cap: Cap, retention: &Retention) -> Inserted {
         if self.has_touch_id(slot, t.event_id) {
             return Inserted::Duplicate;
         }
@@ -442,13 +483,14 @@ impl Shoppers {
             }
             shopper.cold_mut().id_index = Some(index);
         }
-        let len = self.slab[slot as usize].touches.len();
-        let evicted = len.saturating_sub(cap);
-        if evicted > 0 {
-            self.drop_oldest(slot, evicted);
+        let touches = self.slab[slot as usize].touches.as_slice();
+        let over_cap = touches.len() > cap.max;
+        let excess = cap.excess(touches);
+        if excess > 0 {
+            self.drop_oldest(slot, excess);
         }
         self.requeue(slot, retention);
-        Inserted::Stored { evicted }
+        Inserted::Stored { over_cap }
     }
 
     /// Drops the `n` oldest touches of shopper `slot`, releasing what they hold.
@@ -658,6 +700,11 @@ mod tests {
 
     const R: Retention = Retention { touches: 100, ids: 10, orders: 1000 };
 
+    /// The cap as it was before horizons: every touch lies before the horizon.
+    fn cap(max: usize) -> Cap {
+        Cap { max, horizon: Millis::MAX }
+    }
+
     fn click<'a>(id: &'a str, ts: Millis) -> NewTouch<'a> {
         NewTouch { kind: TouchKind::Click, event_id: id, ts, creator_id: "c", product_id: None, surface: 0 }
     }
@@ -672,15 +719,15 @@ mod tests {
     fn keeps_touch_order_and_detects_duplicates_per_shopper() {
         let mut s = Shoppers::default();
         let u = s.find_or_insert("u");
-        assert_eq!(s.insert_touch(u, &click("b", 20), 10, &R), Inserted::Stored { evicted: 0 });
-        assert_eq!(s.insert_touch(u, &click("a", 10), 10, &R), Inserted::Stored { evicted: 0 });
-        assert_eq!(s.insert_touch(u, &click("a2", 20), 10, &R), Inserted::Stored { evicted: 0 });
-        assert_eq!(s.insert_touch(u, &click("a", 10), 10, &R), Inserted::Duplicate);
+        assert_eq!(s.insert_touch(u, &click("b", 20), cap(10), &R), Inserted::Stored { over_cap: false });
+        assert_eq!(s.insert_touch(u, &click("a", 10), cap(10), &R), Inserted::Stored { over_cap: false });
+        assert_eq!(s.insert_touch(u, &click("a2", 20), cap(10), &R), Inserted::Stored { over_cap: false });
+        assert_eq!(s.insert_touch(u, &click("a", 10), cap(10), &R), Inserted::Duplicate);
         // The same id at another time is still a duplicate for the same shopper...
-        assert_eq!(s.insert_touch(u, &click("a", 99), 10, &R), Inserted::Duplicate);
+        assert_eq!(s.insert_touch(u, &click("a", 99), cap(10), &R), Inserted::Duplicate);
         // ...but another shopper's id space is its own.
         let u2 = s.find_or_insert("u2");
-        assert_eq!(s.insert_touch(u2, &click("b", 20), 10, &R), Inserted::Stored { evicted: 0 });
+        assert_eq!(s.insert_touch(u2, &click("b", 20), cap(10), &R), Inserted::Stored { over_cap: false });
         assert_eq!(ids(&s, "u"), ["a", "a2", "b"]);
         assert_eq!(s.live(), 4);
     }
@@ -690,20 +737,52 @@ mod tests {
         let mut s = Shoppers::default();
         let u = s.find_or_insert("u");
         for (i, ts) in [5, 1, 3, 4].into_iter().enumerate() {
-            s.insert_touch(u, &click(&format!("k{i}"), ts), 3, &R);
+            s.insert_touch(u, &click(&format!("k{i}"), ts), cap(3), &R);
         }
         assert_eq!(ids(&s, "u"), ["k2", "k3", "k0"]);
         assert_eq!(s.live(), 3);
     }
 
     #[test]
+    fn cap_keeps_touches_newer_than_the_horizon_up_to_twice_the_cap() {
+        let mut s = Shoppers::default();
+        let u = s.find_or_insert("u");
+        let at = |horizon| Cap { max: 3, horizon };
+        for ts in [1, 2, 3, 4, 5] {
+            s.insert_touch(u, &click(&format!("k{ts}"), ts), at(2), &R);
+        }
+        // Only k1 lies before the horizon: a purchase still to come may need all five.
+        assert_eq!(ids(&s, "u"), ["k1", "k2", "k3", "k4", "k5"]);
+        // A touch arriving later, once the horizon has moved: of the four before it, the
+        // newest three stay; what lies after the purchase cannot push them out.
+        assert_eq!(s.insert_touch(u, &click("k6", 6), at(5), &R), Inserted::Stored { over_cap: true });
+        assert_eq!(ids(&s, "u"), ["k2", "k3", "k4", "k5", "k6"]);
+    }
+
+    #[test]
+    fn cap_never_holds_more_than_its_limit() {
+        let mut s = Shoppers::default();
+        let u = s.find_or_insert("u");
+        let cap = Cap { max: 3, horizon: 0 };
+        let limit = 3 + Cap::HEADROOM;
+        for ts in 1..=limit as Millis {
+            let over_cap = ts > 3;
+            assert_eq!(s.insert_touch(u, &click(&format!("k{ts}"), ts), cap, &R), Inserted::Stored { over_cap });
+        }
+        assert_eq!(s.live(), limit, "all newer than the horizon: kept");
+        s.insert_touch(u, &click("next", limit as Millis + 1), cap, &R);
+        assert_eq!(s.live(), limit);
+        assert!(!s.has_touch_id(u, "k1") && s.has_touch_id(u, "k2"), "the oldest went first");
+    }
+
+    #[test]
     fn expiry_drops_old_touches_and_empty_shoppers() {
         let mut s = Shoppers::default();
         let (u1, u2) = (s.find_or_insert("u1"), s.find_or_insert("u2"));
-        s.insert_touch(u1, &click("a", 10), 10, &R);
-        s.insert_touch(u1, &click("b", 30), 10, &R);
-        s.insert_touch(u2, &click("c", 20), 10, &R);
-        s.insert_touch(u1, &click("d", 5), 10, &R);
+        s.insert_touch(u1, &click("a", 10), cap(10), &R);
+        s.insert_touch(u1, &click("b", 30), cap(10), &R);
+        s.insert_touch(u2, &click("c", 20), cap(10), &R);
+        s.insert_touch(u1, &click("d", 5), cap(10), &R);
         s.expire(111, &R);
         assert_eq!(ids(&s, "u1"), ["b"]);
         s.expire(125, &R);
@@ -712,7 +791,7 @@ mod tests {
         assert_eq!((s.len(), s.live(), s.creators.len()), (0, 0, 0));
         // Expired ids are forgotten: the same id may be stored again.
         let u1 = s.find_or_insert("u1");
-        assert_eq!(s.insert_touch(u1, &click("a", 140), 10, &R), Inserted::Stored { evicted: 0 });
+        assert_eq!(s.insert_touch(u1, &click("a", 140), cap(10), &R), Inserted::Stored { over_cap: false });
     }
 
     #[test]
@@ -721,13 +800,13 @@ mod tests {
         let u = s.find_or_insert("u");
         for i in 0..100 {
             assert_eq!(
-                s.insert_touch(u, &click(&format!("k{i}"), i), 50, &R),
-                Inserted::Stored { evicted: (i >= 50) as usize }
+                s.insert_touch(u, &click(&format!("k{i}"), i), cap(50), &R),
+                Inserted::Stored { over_cap: i >= 50 }
             );
         }
         assert!(s.has_touch_id(u, "k99") && !s.has_touch_id(u, "k10"), "k10 was dropped by the cap");
-        assert_eq!(s.insert_touch(u, &click("k10", 200), 50, &R), Inserted::Stored { evicted: 1 });
-        assert_eq!(s.insert_touch(u, &click("k99", 5), 50, &R), Inserted::Duplicate);
+        assert_eq!(s.insert_touch(u, &click("k10", 200), cap(50), &R), Inserted::Stored { over_cap: true });
+        assert_eq!(s.insert_touch(u, &click("k99", 5), cap(50), &R), Inserted::Duplicate);
     }
 
     #[test]
@@ -736,7 +815,7 @@ mod tests {
         let u = s.find_or_insert("u");
         let long = "x".repeat(200);
         for i in 0..20_000i64 {
-            s.insert_touch(u, &click(&format!("{long}{i}"), i), 10, &R);
+            s.insert_touch(u, &click(&format!("{long}{i}"), i), cap(10), &R);
             s.expire(i - 5, &R);
         }
         assert!(s.arena.len() < 1 << 22, "arena compacted: {}", s.arena.len());
