@@ -603,7 +603,7 @@ fn route(method: &tiny_http::Method, url: &str, metrics: &Metrics, health: &Heal
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
@@ -883,22 +883,6 @@ mod tests {
         m
     }
 
-    /// Sample names in exposition text (`name{...} v` or `name v`) and each family's type.
-    fn exposition(text: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
-        let mut samples = BTreeSet::new();
-        let mut types = BTreeMap::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, ty) = rest.split_once(' ').expect("# TYPE name type");
-                types.insert(name.to_owned(), ty.to_owned());
-            } else if !line.starts_with('#') && !line.is_empty() {
-                let end = line.find(['{', ' ']).unwrap_or(line.len());
-                samples.insert(line[..end].to_owned());
-            }
-        }
-        (samples, types)
-    }
-
     /// Every metric name (`attrib_…` or `process_…`) in a PromQL expression.
     fn metric_names(expr: &str) -> Vec<String> {
         let mut names = Vec::new();
@@ -930,38 +914,21 @@ mod tests {
         }
     }
 
+    /// Coverage only: that the queries work (every metric exported under these names and
+    /// labels, every query returning data) is checked against a real Prometheus scraping
+    /// a worker, in the broker suite (`tests/broker/prometheus.rs`).
     #[test]
-    fn dashboard_queries_only_exported_metrics() {
+    fn dashboard_has_a_panel_for_every_key_metric() {
         let dashboard: serde_json::Value =
             serde_json::from_str(include_str!("../deploy/grafana/dashboards/attrib.json")).expect("dashboard JSON");
         let mut exprs = Vec::new();
         panel_exprs(dashboard["panels"].as_array().expect("panels"), &mut exprs);
-        assert!(exprs.len() >= 10, "only {} queries", exprs.len());
-
-        let (samples, types) = exposition(&everything_set().render());
         let mut used = BTreeSet::new();
         for (title, expr) in &exprs {
             let names = metric_names(expr);
             assert!(!names.is_empty(), "panel {title:?}: no metric in {expr}");
             for name in names {
-                if name.starts_with("process_") && !cfg!(target_os = "linux") {
-                    continue;
-                }
-                assert!(samples.contains(&name), "panel {title:?}: {name} is not exported ({expr})");
-                // A _bucket/_sum/_count name must belong to a histogram, and the rest to their own family.
-                let family = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| {
-                        name.strip_suffix(s).filter(|base| types.get(*base).is_some_and(|t| t == "histogram"))
-                    })
-                    .unwrap_or(&name);
-                let ty = types.get(family).unwrap_or_else(|| panic!("panel {title:?}: {name} has no # TYPE"));
-                if family.ends_with("_total") {
-                    assert_eq!(ty, "counter", "panel {title:?}: {name}");
-                }
-                if name.ends_with("_bucket") {
-                    assert!(expr.contains("histogram_quantile"), "panel {title:?}: raw buckets in {expr}");
-                }
+                let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
                 used.insert(family.to_owned());
             }
         }

@@ -252,17 +252,37 @@ struct ConsumerCtx {
 }
 
 impl ClientContext for ConsumerCtx {
-    /// librdkafka statistics (every `statistics.interval.ms`): consumer lag per partition.
+    /// librdkafka statistics (every `statistics.interval.ms`): consumer lag of every
+    /// assigned partition.
     fn stats(&self, stats: rdkafka::Statistics) {
         let Some(core) = self.core.try_lock() else { return };
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    core.observe.metrics.set_consumer_lag(topic, *p, part.consumer_lag);
+                // Statistics list every partition of the topic; a revoked one keeps its
+                // last offsets and must not bring its series back.
+                let assigned = core.tasks.contains_key(p) || core.unrestored.contains(p);
+                if let Some(lag) = consumer_lag(part).filter(|_| assigned) {
+                    core.observe.metrics.set_consumer_lag(topic, *p, lag);
                 }
             }
         }
     }
+}
+
+/// Messages between the consumer's position in a partition and its end, from
+/// librdkafka statistics; `None` while unknown.
+///
+/// The position is the offset after the last message handed to the worker (before the
+/// first one, the committed offset it starts from); the end is the last stable offset,
+/// as the worker reads `read_committed`. librdkafka's own `consumer_lag` counts from the
+/// committed offset, which only the consumer's own commits move: with exactly-once the
+/// offsets are committed by the producer's transaction, so it would be unknown for a new
+/// group and frozen at the restart offset (growing forever) for an old one.
+fn consumer_lag(part: &rdkafka::statistics::Partition) -> Option<i64> {
+    let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
+    let position = [part.app_offset, part.committed_offset].into_iter().find(|&o| o >= 0)?;
+    // An end older than the position (statistics gathered at different moments): caught up.
+    (end >= 0).then(|| (end - position).max(0))
 }
 
 impl ConsumerContext for ConsumerCtx {
@@ -1327,4 +1347,44 @@ fn rewind(consumer: &BaseConsumer<ConsumerCtx>, inputs: &[String]) -> Result<(),
         consumer.seek(e.topic(), e.partition(), to, Duration::from_secs(10)).map_err(WorkerError::kafka("seeking"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::statistics::Partition;
+
+    use super::consumer_lag;
+
+    /// librdkafka's "no offset" (`RD_KAFKA_OFFSET_INVALID`).
+    const INVALID: i64 = -1001;
+
+    fn part(app: i64, committed: i64, ls: i64, hi: i64) -> Partition {
+        Partition {
+            app_offset: app,
+            committed_offset: committed,
+            ls_offset: ls,
+            hi_offset: hi,
+            // What librdkafka reports for a transactional consumer of a new group.
+            consumer_lag: -1,
+            ..Partition::default()
+        }
+    }
+
+    #[test]
+    fn consumer_lag_counts_from_the_position_not_the_committed_offset() {
+        // A new group with exactly-once: nothing committed through the consumer.
+        assert_eq!(consumer_lag(&part(700, INVALID, 1000, 1000)), Some(300));
+        // A restarted group: the committed offset is where it started, not where it is.
+        assert_eq!(consumer_lag(&part(900, 100, 1000, 1200)), Some(100), "read_committed: the stable end");
+        // Nothing handed over yet: from the committed offset.
+        assert_eq!(consumer_lag(&part(INVALID, 400, 1000, 1000)), Some(600));
+        assert_eq!(consumer_lag(&part(1000, INVALID, 990, 1000)), Some(0), "stale end: caught up");
+        assert_eq!(consumer_lag(&part(50, INVALID, INVALID, 80)), Some(30), "no stable offset yet: the high one");
+    }
+
+    #[test]
+    fn consumer_lag_is_unknown_without_a_position_or_an_end() {
+        assert_eq!(consumer_lag(&part(INVALID, INVALID, 1000, 1000)), None);
+        assert_eq!(consumer_lag(&part(10, INVALID, INVALID, INVALID)), None);
+    }
 }

@@ -28,6 +28,7 @@ use attrib::model::Record;
 use attrib::replay::{open_files, replay, MemorySink};
 
 mod layout;
+mod prometheus;
 mod restate;
 mod secure;
 
