@@ -18,81 +18,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use attrib::config::Config;
-use attrib::engine::Engine;
-use attrib::model::{Currency, Event, Item, Purchase, Touch, TouchKind};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 
 mod support;
-use support::{run_events, CountOutput};
+use support::run_events;
+use support::touches::{batch, loaded_engine};
 
-const TOUCHES_PER_SHOPPER: u64 = 5;
-const PRODUCTS: u64 = 10_000;
-const CREATORS: u64 = 2_000;
 const BATCH: u64 = 100_000;
-/// 2026-11-01T00:00:00Z.
-const START_MS: i64 = 1_793_491_200_000;
-
-fn click(i: u64, user: u64, ts: i64, prefix: &str) -> Event {
-    Event::Touch(Touch {
-        kind: TouchKind::Click,
-        event_id: format!("{prefix}-{i}").into(),
-        ts,
-        user_id: format!("u-{user}").into(),
-        creator_id: format!("c-{}", i % CREATORS).into(),
-        product_id: Some(format!("p-{}", user % PRODUCTS).into()),
-        surface: Some("video".into()),
-    })
-}
-
-/// An engine holding `n` live touches; the watermark never moves.
-fn loaded_engine(config: &Config, n: u64) -> Engine {
-    let shoppers = (n / TOUCHES_PER_SHOPPER).max(1);
-    let mut engine = Engine::new(config.engine.clone());
-    let mut out = CountOutput::default();
-    for i in 0..n {
-        engine.process(&click(i, i % shoppers, START_MS + i as i64, "k"), 0, &mut out);
-    }
-    assert_eq!(engine.live_touches() as u64, n);
-    engine
-}
-
-/// splitmix64: a cheap, seeded stream of shopper picks.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The timed batch, following the loaded touches in event time.
-fn batch(n: u64) -> Vec<Event> {
-    let shoppers = (n / TOUCHES_PER_SHOPPER).max(1);
-    let mut rng = 7;
-    (0..BATCH)
-        .map(|j| {
-            let user = next(&mut rng) % shoppers;
-            let ts = START_MS + (n + j) as i64;
-            if next(&mut rng) % 1000 < 80 {
-                Event::Purchase(Purchase {
-                    event_id: format!("o-{j}").into(),
-                    ts,
-                    user_id: format!("u-{user}").into(),
-                    order_id: format!("ord-{j}").into(),
-                    currency: Currency::parse("USD").expect("valid currency"),
-                    items: vec![Item {
-                        product_id: format!("p-{}", user % PRODUCTS).into(),
-                        quantity: 1,
-                        unit_price: 1999,
-                        category: None,
-                    }],
-                })
-            } else {
-                click(j, user, ts, "b")
-            }
-        })
-        .collect()
-}
 
 fn bench_state(c: &mut Criterion) {
     let config = Config::from_toml("").expect("default config");
@@ -110,8 +42,8 @@ fn bench_state(c: &mut Criterion) {
         .sampling_mode(SamplingMode::Flat)
         .throughput(Throughput::Elements(BATCH));
     for n in sizes {
-        let loaded = loaded_engine(&config, n);
-        let events = batch(n);
+        let loaded = loaded_engine(&config.engine, n);
+        let events = batch(n, 0, BATCH);
         {
             let mut check = loaded.clone();
             assert!(run_events(&mut check, events.clone(), bound) > 0, "the batch attributes purchases");

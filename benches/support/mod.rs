@@ -1,9 +1,14 @@
-//! Shared by the benchmarks: an output that only counts, and the replay-like driver.
+//! Shared by the benchmarks: an output that only counts, the replay-like driver, and an
+//! engine loaded with live touches ([`touches`]).
 
 use std::hint::black_box;
 
 use attrib::engine::{Engine, Output};
 use attrib::model::{Event, RecordView};
+
+// Not every bench loads touches.
+#[allow(dead_code)]
+pub mod touches;
 
 /// Counts records (and keeps the optimiser from dropping them).
 #[derive(Default)]

@@ -21,6 +21,10 @@
 //! input messages they name, up to the committed offsets. The engine is deterministic
 //! and the wall-clock decisions (idleness, future timestamps) and config changes are in
 //! the log, so the result is exactly the state at the last commit (SPEC 8.1).
+//!
+//! Only reading is Kafka's: each record read goes through [`PartitionState::apply`], and
+//! [`rebuild_from`] reads the inputs through an [`InputReader`], so tests and benchmarks
+//! run the same recovery with the inputs in memory ([`MemoryInputs`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -265,6 +269,50 @@ pub struct PartitionState {
     pub bytes: u64,
 }
 
+impl PartitionState {
+    /// Takes the next record of state partition `topic[p]` (`value` `None`: a
+    /// tombstone), keeping the latest per key as compaction does.
+    pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>, topic: &str, p: i32) -> Result<(), WorkerError> {
+        let restore_err = |m: String| WorkerError::Restore(format!("state partition {topic}[{p}]: {m}"));
+        self.records += 1;
+        self.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+        match key.first() {
+            Some(b'g') => {
+                let v = value.ok_or_else(|| restore_err("a tombstone for the group record".into()))?;
+                self.group = Some(unversioned(v, "group record").map_err(restore_err)?);
+            }
+            Some(b's') => match value {
+                Some(v) => {
+                    self.shoppers.insert(key.to_vec(), v.to_vec());
+                }
+                None => {
+                    self.shoppers.remove(key);
+                }
+            },
+            Some(b'l') if key.len() == 9 => {
+                let seq = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
+                match value {
+                    Some(v) => {
+                        let rec: LogRec = unversioned(v, "order-log entry").map_err(restore_err)?;
+                        self.log.insert(seq, rec.steps);
+                    }
+                    None => {
+                        self.log.remove(&seq);
+                    }
+                }
+            }
+            Some(b'S' | b'L') => {
+                return Err(WorkerError::OldState(format!(
+                    "state topic {topic} holds state written by an older attrib (layout 1); this release reads \
+                     layout {LAYOUT}: use a new kafka.state_topic and kafka.group_id"
+                )))
+            }
+            _ => return Err(restore_err(format!("unknown key {:?}", String::from_utf8_lossy(key)))),
+        }
+        Ok(())
+    }
+}
+
 /// Reads state partition `p` from its beginning to its end (`read_committed`: the last
 /// stable offset), keeping the latest record per key.
 pub fn read_partition(
@@ -296,46 +344,99 @@ pub fn read_partition(
             }
             Err(e) => return Err(WorkerError::kafka("reading the state topic")(e)),
         };
-        out.records += 1;
-        let key = msg.key().unwrap_or_default();
-        let value = msg.payload();
-        out.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
-        match key.first() {
-            Some(b'g') => {
-                let v = value.ok_or_else(|| restore_err("a tombstone for the group record".into()))?;
-                out.group = Some(unversioned(v, "group record").map_err(restore_err)?);
-            }
-            Some(b's') => match value {
-                Some(v) => {
-                    out.shoppers.insert(key.to_vec(), v.to_vec());
-                }
-                None => {
-                    out.shoppers.remove(key);
-                }
-            },
-            Some(b'l') if key.len() == 9 => {
-                let seq = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
-                match value {
-                    Some(v) => {
-                        let rec: LogRec = unversioned(v, "order-log entry").map_err(restore_err)?;
-                        out.log.insert(seq, rec.steps);
-                    }
-                    None => {
-                        out.log.remove(&seq);
-                    }
-                }
-            }
-            Some(b'S' | b'L') => {
-                return Err(WorkerError::OldState(format!(
-                    "state topic {topic} holds state written by an older attrib (layout 1); this release reads \
-                     layout {LAYOUT}: use a new kafka.state_topic and kafka.group_id"
-                )))
-            }
-            _ => return Err(restore_err(format!("unknown key {:?}", String::from_utf8_lossy(key)))),
-        }
+        out.apply(msg.key().unwrap_or_default(), msg.payload(), topic, p)?;
     }
     consumer.unassign().map_err(WorkerError::kafka("releasing the state topic"))?;
     Ok(out)
+}
+
+/// Where a rebuild reads the input messages that the order log names: the group's input
+/// partitions in Kafka, or (in tests and benchmarks) messages held in memory.
+pub trait InputReader {
+    /// Starts reading every input `i` at `from[i]` (`None`: its beginning).
+    fn seek(&mut self, from: &[Option<i64>]) -> Result<(), WorkerError>;
+    /// The next message of any input, in offset order per input: `(input, offset,
+    /// payload)`; `None` when none is there yet.
+    fn next(&mut self) -> Result<Option<(usize, i64, Vec<u8>)>, WorkerError>;
+    /// Stops reading.
+    fn release(&mut self) -> Result<(), WorkerError>;
+}
+
+/// Input messages held in memory (offset = index), for tests and benchmarks that rebuild
+/// without a broker.
+pub struct MemoryInputs {
+    /// Every message of each input, by offset.
+    pub messages: Vec<Vec<Vec<u8>>>,
+    next: Vec<usize>,
+    turn: usize,
+}
+
+impl MemoryInputs {
+    /// Inputs holding `messages`.
+    pub fn new(messages: Vec<Vec<Vec<u8>>>) -> MemoryInputs {
+        MemoryInputs { next: vec![0; messages.len()], messages, turn: 0 }
+    }
+}
+
+impl InputReader for MemoryInputs {
+    fn seek(&mut self, from: &[Option<i64>]) -> Result<(), WorkerError> {
+        self.next = from.iter().map(|f| f.map_or(0, |o| o as usize)).collect();
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<(usize, i64, Vec<u8>)>, WorkerError> {
+        // Round robin, as a consumer interleaves partitions.
+        for _ in 0..self.messages.len() {
+            let i = self.turn;
+            self.turn = (self.turn + 1) % self.messages.len();
+            if let Some(m) = self.messages[i].get(self.next[i]) {
+                self.next[i] += 1;
+                return Ok(Some((i, self.next[i] as i64 - 1, m.clone())));
+            }
+        }
+        Ok(None)
+    }
+
+    fn release(&mut self) -> Result<(), WorkerError> {
+        Ok(())
+    }
+}
+
+/// A group's input partitions, read with the restore consumer.
+struct KafkaInputs<'a, C: ConsumerContext> {
+    consumer: &'a BaseConsumer<C>,
+    inputs: &'a [(String, i32)],
+    index: HashMap<(&'a str, i32), usize>,
+}
+
+impl<C: ConsumerContext> InputReader for KafkaInputs<'_, C> {
+    fn seek(&mut self, from: &[Option<i64>]) -> Result<(), WorkerError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), from) in self.inputs.iter().zip(from) {
+            let from = from.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(t, *p, from).map_err(WorkerError::kafka("seeking an input"))?;
+        }
+        self.consumer.assign(&tpl).map_err(WorkerError::kafka("assigning inputs for restore"))
+    }
+
+    fn next(&mut self) -> Result<Option<(usize, i64, Vec<u8>)>, WorkerError> {
+        match self.consumer.poll(Duration::from_millis(100)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => Ok(None),
+            Some(Err(e)) if !super::is_fatal(&e) => {
+                tracing::debug!(error = %e, "restore read: retrying");
+                Ok(None)
+            }
+            Some(Err(e)) => Err(WorkerError::kafka("reading inputs for restore")(e)),
+            Some(Ok(msg)) => Ok(self
+                .index
+                .get(&(msg.topic(), msg.partition()))
+                .map(|&j| (j, msg.offset(), msg.payload().unwrap_or_default().to_vec()))),
+        }
+    }
+
+    fn release(&mut self) -> Result<(), WorkerError> {
+        self.consumer.unassign().map_err(WorkerError::kafka("releasing inputs"))
+    }
 }
 
 /// Rebuilds a group's state from what its state partition holds, then replays the log
@@ -345,6 +446,24 @@ pub fn read_partition(
 #[allow(clippy::too_many_arguments)]
 pub fn rebuild(
     consumer: &BaseConsumer<impl ConsumerContext>,
+    part: PartitionState,
+    inputs: &[(String, i32)],
+    names: &[String],
+    committed: &Committed,
+    current: &Processing,
+    routing: Routing,
+    deadline: Instant,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(TaskState, Option<u64>), WorkerError> {
+    let index = inputs.iter().enumerate().map(|(i, (t, p))| ((t.as_str(), *p), i)).collect();
+    let mut reader = KafkaInputs { consumer, inputs, index };
+    rebuild_from(&mut reader, part, inputs, names, committed, current, routing, deadline, cancelled)
+}
+
+/// [`rebuild`] reading the inputs from `reader`.
+#[allow(clippy::too_many_arguments)]
+pub fn rebuild_from(
+    reader: &mut impl InputReader,
     part: PartitionState,
     inputs: &[(String, i32)],
     names: &[String],
@@ -400,7 +519,7 @@ pub fn rebuild(
         let entry = part.log.get(&s).ok_or_else(|| err(format!("order-log entry {s} of {seq} is missing")))?;
         steps.extend(entry.iter().cloned());
     }
-    replay_steps(consumer, &mut state, inputs, routing, steps, deadline, cancelled)?;
+    replay_steps(reader, &mut state, inputs, routing, steps, deadline, cancelled)?;
     state.seq = seq;
     for (i, (have, want)) in state.positions.iter().zip(&committed.offsets).enumerate() {
         if want.is_some() && have < want {
@@ -415,7 +534,7 @@ pub fn rebuild(
 
 /// Re-runs logged steps over the input messages they name, writing nothing.
 fn replay_steps(
-    consumer: &BaseConsumer<impl ConsumerContext>,
+    reader: &mut impl InputReader,
     state: &mut TaskState,
     inputs: &[(String, i32)],
     routing: Routing,
@@ -429,15 +548,8 @@ fn replay_steps(
         }
         return Ok(());
     }
-    let mut tpl = TopicPartitionList::new();
-    for (i, (t, p)) in inputs.iter().enumerate() {
-        let from = state.positions[i].map_or(Offset::Beginning, Offset::Offset);
-        tpl.add_partition_offset(t, *p, from).map_err(WorkerError::kafka("seeking an input"))?;
-    }
-    consumer.assign(&tpl).map_err(WorkerError::kafka("assigning inputs for restore"))?;
+    reader.seek(&state.positions)?;
     let mut buffered: Vec<std::collections::VecDeque<(i64, Vec<u8>)>> = vec![Default::default(); inputs.len()];
-    let index: HashMap<(&str, i32), usize> =
-        inputs.iter().enumerate().map(|(i, (t, p))| ((t.as_str(), *p), i)).collect();
     for step in steps {
         let Step::Advance { input, until, now_ms } = step else {
             apply_control(state, step);
@@ -467,15 +579,8 @@ fn replay_steps(
                     if cancelled() {
                         return Err(WorkerError::Cancelled);
                     }
-                    match consumer.poll(Duration::from_millis(100)) {
-                        None | Some(Err(KafkaError::PartitionEOF(_))) => {}
-                        Some(Err(e)) if !super::is_fatal(&e) => tracing::debug!(error = %e, "restore read: retrying"),
-                        Some(Err(e)) => return Err(WorkerError::kafka("reading inputs for restore")(e)),
-                        Some(Ok(msg)) => {
-                            if let Some(&j) = index.get(&(msg.topic(), msg.partition())) {
-                                buffered[j].push_back((msg.offset(), msg.payload().unwrap_or_default().to_vec()));
-                            }
-                        }
+                    if let Some((j, offset, payload)) = reader.next()? {
+                        buffered[j].push_back((offset, payload));
                     }
                 }
             }
@@ -483,7 +588,7 @@ fn replay_steps(
         // Offsets may have gaps (transaction markers, compaction): the step ends there.
         state.positions[i] = Some(state.positions[i].map_or(until, |p| p.max(until)));
     }
-    consumer.unassign().map_err(WorkerError::kafka("releasing inputs"))?;
+    reader.release()?;
     Ok(())
 }
 
