@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::codec::encode_record;
+use crate::codec::{encode_record, Encoder};
 use crate::config::Config;
 use crate::engine::watermark::Watermarks;
 use crate::engine::{Engine, Stats, UnitKey};
@@ -34,13 +34,22 @@ pub struct JsonLinesSink<R: Write, D: Write> {
     dead_letters: Option<D>,
     shadow: Option<Box<dyn Write>>,
     buf: Vec<u8>,
+    /// Consecutive shadow records of an item share its encoded fields.
+    shadow_encoder: Encoder,
     error: Option<io::Error>,
 }
 
 impl<R: Write, D: Write> JsonLinesSink<R, D> {
     /// A sink writing records to `records` and dead letters to `dead_letters` if given.
     pub fn new(records: R, dead_letters: Option<D>) -> Self {
-        JsonLinesSink { records, dead_letters, shadow: None, buf: Vec::with_capacity(1024), error: None }
+        JsonLinesSink {
+            records,
+            dead_letters,
+            shadow: None,
+            buf: Vec::with_capacity(1024),
+            shadow_encoder: Encoder::default(),
+            error: None,
+        }
     }
 
     /// Shadow-model records go to `shadow` (otherwise they are dropped).
@@ -91,7 +100,11 @@ impl<R: Write, D: Write> Sink for JsonLinesSink<R, D> {
             return; // counted by the engine, written nowhere: not worth encoding
         }
         self.buf.clear();
-        encode_record(record, &mut self.buf);
+        if record.shadow {
+            self.shadow_encoder.encode(record, &mut self.buf);
+        } else {
+            encode_record(record, &mut self.buf);
+        }
         let r = if record.shadow {
             match &mut self.shadow {
                 Some(s) => s.write_all(&self.buf),
@@ -216,7 +229,9 @@ impl<'a, S: ?Sized> Timed<'a, S> {
 impl<S: Sink + ?Sized> Sink for Timed<'_, S> {
     #[inline]
     fn record(&mut self, record: &RecordView<'_>, tag: u64) {
-        if tag > 0 {
+        // Paid records only: a shadow record leaves with the paid ones of its event, and
+        // reading the clock per shadow record costs more than the latency it would show.
+        if tag > 0 && !record.shadow {
             let now = self.start.elapsed().as_nanos() as u64;
             self.latency_us.saturating_record(now.saturating_sub(tag) / 1000);
         }

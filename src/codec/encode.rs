@@ -10,10 +10,96 @@ use crate::model::{Record, RecordKind, RecordView};
 
 /// Appends one record as a JSON line (with `\n`) to `out`.
 pub fn encode_record(r: &RecordView<'_>, out: &mut Vec<u8>) {
+    write(r, None, out);
+}
+
+/// [`encode_record`] for a stream of records, reusing what the previous record wrote for
+/// its purchase item when the item is the same: consecutive shadow records of one item
+/// (every shadow model's, every credited creator) share it. The bytes are the same. A
+/// stream with one record per item (the paid records of `last_touch`) pays for the
+/// comparison and gains nothing, so replay uses it for shadow records only.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    /// The item fields of the last record, compared in full (`None` before the first).
+    key: Option<ItemKey>,
+    item: Item,
+}
+
+#[derive(Debug, Default)]
+struct ItemKey {
+    order_id: String,
+    purchase_event_id: String,
+    item_index: u32,
+    product_id: String,
+    quantity: i64,
+    user_id: String,
+    purchase_ts: i64,
+    gross_minor: i64,
+}
+
+/// The encoded pieces of one item's records.
+#[derive(Debug, Default)]
+struct Item {
+    /// [`id_prefix`].
+    id_prefix: Vec<u8>,
+    /// [`item_fields`].
+    fields: Vec<u8>,
+    /// [`purchase_fields`].
+    purchase: Vec<u8>,
+}
+
+impl Encoder {
+    /// Appends one record as a JSON line (with `\n`) to `out`.
+    pub fn encode(&mut self, r: &RecordView<'_>, out: &mut Vec<u8>) {
+        if !self.key.as_ref().is_some_and(|k| k.is(r)) {
+            self.key.get_or_insert_default().set(r);
+            let item = &mut self.item;
+            for piece in [&mut item.id_prefix, &mut item.fields, &mut item.purchase] {
+                piece.clear();
+            }
+            id_prefix(r, &mut item.id_prefix);
+            item_fields(r, &mut item.fields);
+            purchase_fields(r, &mut item.purchase);
+        }
+        write(r, Some(&self.item), out);
+    }
+}
+
+impl ItemKey {
+    /// Whether `r` is of this item (ints first: they differ most cheaply).
+    fn is(&self, r: &RecordView<'_>) -> bool {
+        self.item_index == r.item_index
+            && self.quantity == r.quantity
+            && self.purchase_ts == r.purchase_ts
+            && self.gross_minor == r.gross_minor
+            && self.purchase_event_id == r.purchase_event_id
+            && self.order_id == r.order_id
+            && self.product_id == r.product_id
+            && self.user_id == r.user_id
+    }
+
+    /// Becomes `r`'s item (reusing the strings' buffers).
+    fn set(&mut self, r: &RecordView<'_>) {
+        for (kept, s) in [
+            (&mut self.order_id, r.order_id),
+            (&mut self.purchase_event_id, r.purchase_event_id),
+            (&mut self.product_id, r.product_id),
+            (&mut self.user_id, r.user_id),
+        ] {
+            kept.clear();
+            kept.push_str(s);
+        }
+        (self.item_index, self.quantity, self.purchase_ts, self.gross_minor) =
+            (r.item_index, r.quantity, r.purchase_ts, r.gross_minor);
+    }
+}
+
+/// One record; the item's pieces from `item` when given (they are `r`'s), else from `r`.
+fn write(r: &RecordView<'_>, item: Option<&Item>, out: &mut Vec<u8>) {
     out.reserve(640);
     out.extend_from_slice(b"{\"commission_id\":\"");
     match r.kind {
-        RecordKind::Commission => base_id(r, out),
+        RecordKind::Commission => base_id(r, item, out),
         RecordKind::Reversal => {
             esc(r.refund_event_id.unwrap_or_default(), out);
             out.push(b':');
@@ -22,29 +108,22 @@ pub fn encode_record(r: &RecordView<'_>, out: &mut Vec<u8>) {
             esc(r.creator_id, out);
         }
         RecordKind::Lock => {
-            base_id(r, out);
+            base_id(r, item, out);
             out.extend_from_slice(b":lock");
         }
         RecordKind::Adjustment => {
-            base_id(r, out);
+            base_id(r, item, out);
             out.extend_from_slice(b":adj:");
             esc(r.revision.unwrap_or_default(), out);
         }
     }
     out.extend_from_slice(b"\",\"kind\":\"");
     out.extend_from_slice(r.kind.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"order_id\":");
-    string(r.order_id, out);
-    out.extend_from_slice(b",\"purchase_event_id\":");
-    string(r.purchase_event_id, out);
-    out.extend_from_slice(b",\"item_index\":");
-    int(r.item_index, out);
-    out.extend_from_slice(b",\"product_id\":");
-    string(r.product_id, out);
-    out.extend_from_slice(b",\"quantity\":");
-    int(r.quantity, out);
-    out.extend_from_slice(b",\"user_id\":");
-    string(r.user_id, out);
+    out.push(b'"');
+    match item {
+        Some(item) => out.extend_from_slice(&item.fields),
+        None => item_fields(r, out),
+    }
     out.extend_from_slice(b",\"creator_id\":");
     string(r.creator_id, out);
     out.extend_from_slice(b",\"model\":\"");
@@ -61,10 +140,10 @@ pub fn encode_record(r: &RecordView<'_>, out: &mut Vec<u8>) {
     int(r.touch_ts, out);
     out.extend_from_slice(b",\"touch_count\":");
     int(r.touch_count, out);
-    out.extend_from_slice(b",\"purchase_ts\":");
-    int(r.purchase_ts, out);
-    out.extend_from_slice(b",\"gross_minor\":");
-    int(r.gross_minor, out);
+    match item {
+        Some(item) => out.extend_from_slice(&item.purchase),
+        None => purchase_fields(r, out),
+    }
     out.extend_from_slice(b",\"share_minor\":");
     int(r.share_minor, out);
     out.extend_from_slice(b",\"rate_bps\":");
@@ -78,7 +157,7 @@ pub fn encode_record(r: &RecordView<'_>, out: &mut Vec<u8>) {
     out.push(b'"');
     if matches!(r.kind, RecordKind::Reversal | RecordKind::Lock) {
         out.extend_from_slice(b",\"original_commission_id\":\"");
-        base_id(r, out);
+        base_id(r, item, out);
         out.push(b'"');
     }
     if let Some(id) = r.refund_event_id {
@@ -108,12 +187,44 @@ pub fn encode_owned(record: &Record, out: &mut Vec<u8>) {
 }
 
 /// `purchase_event_id:item_index:creator_id`, escaped, without quotes.
-fn base_id(r: &RecordView<'_>, out: &mut Vec<u8>) {
+fn base_id(r: &RecordView<'_>, item: Option<&Item>, out: &mut Vec<u8>) {
+    match item {
+        Some(item) => out.extend_from_slice(&item.id_prefix),
+        None => id_prefix(r, out),
+    }
+    esc(r.creator_id, out);
+}
+
+/// `purchase_event_id:item_index:`, escaped.
+fn id_prefix(r: &RecordView<'_>, out: &mut Vec<u8>) {
     esc(r.purchase_event_id, out);
     out.push(b':');
     int(r.item_index, out);
     out.push(b':');
-    esc(r.creator_id, out);
+}
+
+/// `,"order_id":...,"user_id":...`: the fields of the purchase item before the creator.
+fn item_fields(r: &RecordView<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"order_id\":");
+    string(r.order_id, out);
+    out.extend_from_slice(b",\"purchase_event_id\":");
+    string(r.purchase_event_id, out);
+    out.extend_from_slice(b",\"item_index\":");
+    int(r.item_index, out);
+    out.extend_from_slice(b",\"product_id\":");
+    string(r.product_id, out);
+    out.extend_from_slice(b",\"quantity\":");
+    int(r.quantity, out);
+    out.extend_from_slice(b",\"user_id\":");
+    string(r.user_id, out);
+}
+
+/// `,"purchase_ts":...,"gross_minor":...`.
+fn purchase_fields(r: &RecordView<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"purchase_ts\":");
+    int(r.purchase_ts, out);
+    out.extend_from_slice(b",\"gross_minor\":");
+    int(r.gross_minor, out);
 }
 
 #[inline]
@@ -220,6 +331,27 @@ mod tests {
     }
 
     proptest! {
+        /// Records that share some, all or none of their item fields with the previous
+        /// one: the encoder that reuses them writes what serde_json writes.
+        #[test]
+        fn a_stream_of_records_matches_serde_json(
+            records in proptest::collection::vec(
+                (proptest::array::uniform8(prop_oneof!["a", "b", "", "\"", ".{0,4}"].prop_map(String::from)),
+                 proptest::array::uniform8(0i64..3), 0..4u8, any::<bool>()),
+                0..12,
+            ),
+        ) {
+            let mut encoder = Encoder::default();
+            let (mut fast, mut reference) = (Vec::new(), Vec::new());
+            for (ids, nums, kind, shadow) in &records {
+                let kind = [RecordKind::Commission, RecordKind::Reversal, RecordKind::Lock, RecordKind::Adjustment][*kind as usize];
+                let v = view(kind, ids, *nums, *shadow);
+                encoder.encode(&v, &mut fast);
+                encode_owned(&v.to_record(), &mut reference);
+            }
+            prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(reference).unwrap());
+        }
+
         #[test]
         fn any_record_matches_serde_json(
             ids in proptest::array::uniform8(".{0,12}"),

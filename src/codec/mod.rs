@@ -7,7 +7,7 @@
 mod encode;
 mod fast;
 
-pub use encode::{encode_owned, encode_record};
+pub use encode::{encode_owned, encode_record, Encoder};
 
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;

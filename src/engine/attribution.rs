@@ -114,6 +114,9 @@ impl CreatorCredit {
 /// Eligible touches → model → weights summed per creator, creators in order of their
 /// first credited touch. `touches` are one shopper's, in `(ts, event_id)` order;
 /// `product` is the item's interned product ([`STOREFRONT`] if nobody touched it).
+///
+/// For one model alone: last and first touch stop at their touch instead of finding
+/// every eligible one. Several models on one item share one [`EligibleTouches`] instead.
 pub fn credits_for(
     model: Model,
     touches: &[StoredTouch],
@@ -161,41 +164,111 @@ pub fn credits_for(
         }
         Model::Linear | Model::PositionBased | Model::TimeDecay => {}
     }
-    let (clicks, views) = split_eligible(window, eligible);
-    // Clicks beat views.
-    let eligible = if clicks.is_empty() { views } else { clicks };
-    if eligible.is_empty() {
-        return Vec::new();
-    }
-    let ts: Vec<Millis> = eligible.iter().map(|x| x.ts).collect();
-    let mut credits: Vec<CreatorCredit> = Vec::new();
-    // Creator -> index in `credits`; a linear search is cheaper for a few touches, but a
-    // heavy shopper's window holds thousands of touches by hundreds of creators.
-    let mut index: HashMap<u32, usize, ahash::RandomState> = HashMap::default();
-    let few = eligible.len() <= 16;
-    for (i, weight) in credit(model, &ts, t, half_life) {
-        let touch = eligible[i];
-        let found = if few {
-            credits.iter().position(|c| c.creator == touch.creator)
-        } else {
-            index.get(&touch.creator).copied()
-        };
-        match found {
-            Some(at) => {
-                let c = &mut credits[at];
-                c.weight += weight;
-                c.latest = *touch;
-                c.count += 1;
-            }
-            None => {
-                if !few {
-                    index.insert(touch.creator, credits.len());
+    EligibleTouches::find(touches, w, product, allow_self).into_credits(model, t, half_life)
+}
+
+/// An item's eligible touches (SPEC §2: the eligible clicks, or the eligible views if no
+/// click is eligible, in touch order), with their creators grouped once, so that several
+/// models (the paid one and its shadows, SPEC 8.3) credit them without finding them again.
+pub struct EligibleTouches<'a> {
+    touches: Vec<&'a StoredTouch>,
+    ts: Vec<Millis>,
+    /// Each creator once, in order of its first touch, with its latest touch and touch
+    /// count and weight 0: what linear, position_based and time_decay credit (they
+    /// credit every touch), before the weights.
+    creators: Vec<CreatorCredit>,
+    /// The index in `creators` of each touch's creator.
+    creator_of: Vec<usize>,
+}
+
+impl<'a> EligibleTouches<'a> {
+    /// The eligible touches for an item of `product`.
+    pub fn find(touches: &'a [StoredTouch], w: &EligibleWindows, product: u32, allow_self: bool) -> Self {
+        let window = &touches[w.range(touches)];
+        let (clicks, views) =
+            split_eligible(window, |t| w.eligibility(t, product, allow_self) == Eligibility::Eligible);
+        let touches = if clicks.is_empty() { views } else { clicks };
+        let mut creators: Vec<CreatorCredit> = Vec::new();
+        let mut creator_of = Vec::with_capacity(touches.len());
+        // Creator -> index in `creators`; a linear search is cheaper for a few touches,
+        // but a heavy shopper's window holds thousands of touches by hundreds of creators.
+        let mut index: HashMap<u32, usize, ahash::RandomState> = HashMap::default();
+        let few = touches.len() <= 16;
+        for &touch in &touches {
+            let found = if few {
+                creators.iter().position(|c| c.creator == touch.creator)
+            } else {
+                index.get(&touch.creator).copied()
+            };
+            let at = match found {
+                Some(at) => {
+                    let c = &mut creators[at];
+                    c.latest = *touch;
+                    c.count += 1;
+                    at
                 }
-                credits.push(CreatorCredit { creator: touch.creator, weight, latest: *touch, count: 1 });
+                None => {
+                    if !few {
+                        index.insert(touch.creator, creators.len());
+                    }
+                    creators.push(CreatorCredit { creator: touch.creator, weight: 0, latest: *touch, count: 1 });
+                    creators.len() - 1
+                }
+            };
+            creator_of.push(at);
+        }
+        let ts = touches.iter().map(|x| x.ts).collect();
+        EligibleTouches { touches, ts, creators, creator_of }
+    }
+
+    /// The most creators `model` credits here.
+    pub fn credit_count(&self, model: Model) -> usize {
+        match model {
+            Model::LastTouch | Model::FirstTouch => self.creators.len().min(1),
+            Model::Linear | Model::PositionBased | Model::TimeDecay => self.creators.len(),
+        }
+    }
+
+    /// `model`'s weights summed per creator, creators in order of their first credited
+    /// touch: what [`credits_for`] gives for this item.
+    pub fn credits(&self, model: Model, t: Millis, half_life: Millis) -> Vec<CreatorCredit> {
+        match model {
+            Model::LastTouch => self.touches.last().map(|x| CreatorCredit::single(x)).into_iter().collect(),
+            Model::FirstTouch => self.touches.first().map(|x| CreatorCredit::single(x)).into_iter().collect(),
+            Model::Linear | Model::PositionBased | Model::TimeDecay => {
+                self.weighed(model, self.creators.clone(), t, half_life)
             }
         }
     }
-    credits
+
+    /// [`Self::credits`] for the only model that credits these touches.
+    pub fn into_credits(mut self, model: Model, t: Millis, half_life: Millis) -> Vec<CreatorCredit> {
+        match model {
+            Model::LastTouch | Model::FirstTouch => self.credits(model, t, half_life),
+            Model::Linear | Model::PositionBased | Model::TimeDecay => {
+                let creators = std::mem::take(&mut self.creators);
+                self.weighed(model, creators, t, half_life)
+            }
+        }
+    }
+
+    /// `creators` (a copy of `self.creators`) with `model`'s weights: every touch is
+    /// credited, in touch order, so only the weights differ by model.
+    fn weighed(
+        &self,
+        model: Model,
+        mut creators: Vec<CreatorCredit>,
+        t: Millis,
+        half_life: Millis,
+    ) -> Vec<CreatorCredit> {
+        if self.touches.is_empty() {
+            return Vec::new();
+        }
+        for (i, weight) in credit(model, &self.ts, t, half_life) {
+            creators[self.creator_of[i]].weight += weight;
+        }
+        creators
+    }
 }
 
 /// The eligible clicks and (while no click is found) views, in touch order.

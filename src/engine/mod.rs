@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use self::attribution::{credits_for, EligibleWindows};
+use self::attribution::{credits_for, EligibleTouches, EligibleWindows};
 use self::ledger::{Credit, Line, Order, RefundOutcome};
 use self::plan::CommissionPlan;
 use self::state::{id_hash, Cap, Inserted, NewTouch, Retention, Shoppers, StoredTouch, STOREFRONT};
@@ -647,18 +647,22 @@ impl Engine {
             for item in &p.items {
                 let product = sh.products.get(&item.product_id).unwrap_or(STOREFRONT);
                 let gross = item.gross();
-                let mut credits = Vec::new();
+                let touches = shopper.touches.as_slice();
+                let allow_self = self.cfg.allow_self_attribution;
+                // With shadow models, the eligible touches are found once per item and
+                // every model credits them; alone, the paid model finds its own.
+                let shared = (!self.cfg.shadow_models.is_empty())
+                    .then(|| EligibleTouches::find(touches, &windows, product, allow_self));
+                let mut credits = Vec::with_capacity(
+                    shared.as_ref().map_or(0, |e| self.cfg.models().map(|(m, _)| e.credit_count(m)).sum()),
+                );
                 let mut paid_item = false;
                 for (model, shadow) in self.cfg.models() {
-                    let found = credits_for(
-                        model,
-                        shopper.touches.as_slice(),
-                        &windows,
-                        product,
-                        self.cfg.allow_self_attribution,
-                        self.cfg.half_life,
-                        p.ts,
-                    );
+                    let found = match &shared {
+                        Some(eligible) => eligible.credits(model, p.ts, self.cfg.half_life),
+                        None => credits_for(model, touches, &windows, product, allow_self, self.cfg.half_life, p.ts),
+                    };
+                    credits.reserve(found.len());
                     let weights: Vec<u64> = found.iter().map(|c| c.weight).collect();
                     let Some(shares) = money::split_largest_remainder(gross, &weights) else { continue };
                     let total_weight: u64 = weights.iter().sum();

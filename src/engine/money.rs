@@ -8,7 +8,7 @@
 /// creators by their first credited touch, so that is the spec's tie-break). Returns
 /// `None` when the weights sum to zero (nothing to split by).
 pub fn split_largest_remainder(gross: i64, weights: &[u64]) -> Option<Vec<i64>> {
-    split_core(gross, weights).map(|(shares, _, _)| shares)
+    split_core(gross, weights, Rank::Leftover).map(|(shares, _, _)| shares)
 }
 
 /// Every step of [`split_largest_remainder`], for `attrib explain`.
@@ -30,7 +30,7 @@ pub struct SplitSteps {
 
 /// [`split_largest_remainder`] with its steps; the same computation.
 pub fn split_steps(gross: i64, weights: &[u64]) -> Option<SplitSteps> {
-    let (shares, ranked, leftover) = split_core(gross, weights)?;
+    let (shares, ranked, leftover) = split_core(gross, weights, Rank::All)?;
     let leftover_to: Vec<usize> = ranked.iter().take(leftover).map(|x| x.1).collect();
     let mut base = shares.clone();
     for &i in &leftover_to {
@@ -50,10 +50,21 @@ pub fn split_steps(gross: i64, weights: &[u64]) -> Option<SplitSteps> {
     })
 }
 
-/// The shares, the `(remainder, index)` pairs ranked largest first, and the leftover.
+/// The shares, the `(remainder, index)` pairs ranked largest first (see [`Rank`]), and
+/// the leftover.
 type Core = (Vec<i64>, Vec<(i128, usize)>, usize);
 
-fn split_core(gross: i64, weights: &[u64]) -> Option<Core> {
+/// How much of the remainders [`split_core`] ranks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rank {
+    /// All of them, largest first (`attrib explain` shows them).
+    All,
+    /// Only the `leftover` largest, at the front in any order: the creators that get a
+    /// unit. The ranking is a total order (indices differ), so the set is the same.
+    Leftover,
+}
+
+fn split_core(gross: i64, weights: &[u64], rank: Rank) -> Option<Core> {
     let total: i128 = weights.iter().map(|&w| i128::from(w)).sum();
     if total == 0 {
         return None;
@@ -67,12 +78,18 @@ fn split_core(gross: i64, weights: &[u64]) -> Option<Core> {
         let base = product / total;
         assigned += base;
         shares.push(base);
-        remainders.push((product % total, i));
+        // `product % total` without a second i128 division.
+        remainders.push((product - base * total, i));
     }
     // Fewer than `weights.len()` units: each remainder is below W.
     let leftover = (gross_wide - assigned) as usize;
     // Largest remainder first; among equals, the earlier creator.
-    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let order = |a: &(i128, usize), b: &(i128, usize)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+    match rank {
+        Rank::All => remainders.sort_by(order),
+        Rank::Leftover if leftover > 0 => _ = remainders.select_nth_unstable_by(leftover - 1, order),
+        Rank::Leftover => {}
+    }
     for &(_, i) in remainders.iter().take(leftover) {
         shares[i] += 1;
     }
@@ -96,6 +113,18 @@ pub fn reversed_to_date(amount: i64, refunded: i64, quantity: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn ranking_only_the_leftover_gives_the_shares_of_the_full_ranking(
+            gross in 0i64..1_000_000,
+            // Small weights: many equal remainders, so ties are decided by order.
+            weights in proptest::collection::vec(0u64..20, 0..40),
+        ) {
+            prop_assert_eq!(split_largest_remainder(gross, &weights), split_steps(gross, &weights).map(|s| s.shares));
+        }
+    }
 
     #[test]
     fn largest_remainder_sums_to_gross_and_breaks_ties_by_order() {
