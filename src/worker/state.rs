@@ -301,7 +301,8 @@ impl PartitionState {
                     }
                 }
             }
-            Some(b'S' | b'L') => {
+            // Layout 1 keyed every record by its partition number ("0", "1", ...).
+            Some(b'0'..=b'9') if key.iter().all(u8::is_ascii_digit) => {
                 return Err(WorkerError::OldState(format!(
                     "state topic {topic} holds state written by an older attrib (layout 1); this release reads \
                      layout {LAYOUT}: use a new kafka.state_topic and kafka.group_id"
@@ -610,6 +611,17 @@ pub fn is_eof(e: &KafkaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layout_1_record_is_refused_as_old_state_not_misread() {
+        // Layout 1 keyed records by partition number; values began with `S` or `L`.
+        for value in [&b"L\0\0\0\0\0\0\0\x01"[..], &b"S\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x01"[..]] {
+            let err = PartitionState::default().apply(b"3", Some(value), "t", 3).err().expect("refused");
+            assert!(matches!(err, WorkerError::OldState(ref m) if m.contains("layout 1")), "{err}");
+        }
+        let err = PartitionState::default().apply(b"x1", Some(b"v"), "t", 3).err().expect("refused");
+        assert!(matches!(err, WorkerError::Restore(ref m) if m.contains("unknown key")), "{err}");
+    }
 
     #[test]
     fn commit_meta_round_trips_and_recognises_the_old_layout() {

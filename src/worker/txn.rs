@@ -32,6 +32,16 @@ impl Core {
     }
 
     /// Writes the order log (and due snapshots) and commits records + offsets atomically.
+    /// Waits until everything sent is delivered; any delivery failure is an error.
+    fn flush_delivered(&self) -> Result<(), WorkerError> {
+        self.producer.flush(self.config.transaction_timeout).map_err(WorkerError::kafka("flushing the transaction"))?;
+        let failures = std::mem::take(&mut *self.producer.context().failures.lock().expect("not poisoned"));
+        match failures.first() {
+            Some(first) => Err(WorkerError::Setup(format!("{} message(s) not delivered: {first}", failures.len()))),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn commit(
         &mut self,
         consumer: &BaseConsumer<ConsumerCtx>,
@@ -43,6 +53,14 @@ impl Core {
             return Ok(());
         }
         let started = Instant::now();
+        if !self.config.kafka.exactly_once {
+            // At least once: a restart continues from the newest log entry it finds, also
+            // one whose offsets were never committed (state::rebuild), so the records a
+            // log entry stands for must be delivered before the entry is written. One
+            // flush for both would let a crash deliver the entry and lose the records:
+            // Kafka orders nothing across partitions.
+            self.flush_delivered()?;
+        }
         let state_topic = self.config.kafka.state_topic.clone();
         let mut checkpointed = Vec::new();
         for (p, task) in &mut self.tasks {
@@ -63,12 +81,8 @@ impl Core {
                 send_state(&self.producer, &state_topic, *p, &item.key, item.value.as_deref())?;
             }
         }
+        self.flush_delivered()?;
         let timeout = self.config.transaction_timeout;
-        self.producer.flush(timeout).map_err(WorkerError::kafka("flushing the transaction"))?;
-        let failures = std::mem::take(&mut *self.producer.context().failures.lock().expect("not poisoned"));
-        if let Some(first) = failures.first() {
-            return Err(WorkerError::Setup(format!("{} message(s) not delivered: {first}", failures.len())));
-        }
         let mut tpl = TopicPartitionList::new();
         for (p, task) in &self.tasks {
             if task.state.seq == 0 {
