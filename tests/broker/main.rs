@@ -29,6 +29,7 @@ use attrib::replay::{open_files, replay, MemorySink};
 
 mod layout;
 mod prometheus;
+mod recovery;
 mod restate;
 mod secure;
 
