@@ -121,6 +121,10 @@ fn at_least_once_worker_killed_three_times_restores_and_misses_no_commission() {
     for (round, fraction) in [0.2, 0.45, 0.7].into_iter().enumerate() {
         let name = format!("w{}", round + 1);
         let worker = env.start_worker_with(&name, &[alo], &[]);
+        // Killed only once it has restored every group (a round whose fraction is already
+        // passed still kills a worker that has rebuilt its state and started over).
+        let restored = poll_until(LIMIT, || restored_events(&env.worker_log(&name)).len() >= PARTITIONS as usize);
+        assert!(restored, "{name} restored every group\n{}", env.logs_tail());
         env.wait_progress(fraction, LIMIT);
         sigkill(worker);
         println!("killed {name} at >= {:.0}% committed ({:.1} s)", fraction * 100.0, started.elapsed().as_secs_f64());
