@@ -1,7 +1,6 @@
 //! The worker's state across config changes, workers sharing a host, shadow records, and
 //! inputs that are not keyed by shopper (SPEC 8.1, 8.3, 8.6).
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -11,7 +10,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::*;
 
-fn create_topic(name: &str, partitions: i32) {
+pub(crate) fn create_topic(name: &str, partitions: i32) {
     let admin: AdminClient<_> = client().create().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -20,28 +19,9 @@ fn create_topic(name: &str, partitions: i32) {
     }
 }
 
-/// Waits for a `--stop-at-end` worker to exit by itself.
-fn wait_exit(env: &Env, mut worker: Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(status) = worker.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "--stop-at-end worker still running\n{}", env.logs_tail());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn records(env: &Env, topic: &str) -> Vec<Record> {
-    env.read_all(topic).iter().map(|(_, _, v)| serde_json::from_slice(v).unwrap()).collect()
-}
-
-#[test]
-#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
-fn a_changed_commission_plan_applies_after_a_restart_and_reversals_keep_their_rate() {
-    // 200 click+purchase pairs paid at 1000 bps; an hour later in event time 200 more,
-    // and refunds of 20 of the first orders, with the worker restarted at 2000 bps.
-    let env = Env::new("cfg", workload(111));
+/// The plan-change workload: 200 click+purchase pairs (`first`), then an hour later in
+/// event time 200 more and refunds of 20 of the first orders (`second`), as files.
+pub(crate) fn plan_change_inputs(env: &Env) -> (PathBuf, PathBuf) {
     // Two days ago: event times must not run ahead of the clock (time.max_future_skew).
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let t0: i64 = now - 2 * 86_400_000;
@@ -74,22 +54,20 @@ fn a_changed_commission_plan_applies_after_a_restart_and_reversals_keep_their_ra
     }
     let second = env.dir.path().join("second.jsonl");
     std::fs::write(&second, second_text).unwrap();
+    (first, second)
+}
 
-    env.produce(&[&first]);
-    let w = env.start_worker_with("w1", &[("ATTRIB__COMMISSION__DEFAULT_RATE_BPS", "1000")], &["--stop-at-end"]);
-    let status = wait_exit(&env, w);
-    assert!(status.success(), "first run: {status}\n{}", env.worker_log("w1"));
-    env.produce(&[&second]);
-    let w = env.start_worker_with("w2", &[("ATTRIB__COMMISSION__DEFAULT_RATE_BPS", "2000")], &["--stop-at-end"]);
-    let status = wait_exit(&env, w);
-    assert!(status.success(), "second run: {status}\n{}", env.worker_log("w2"));
-    let log = env.worker_log("w2");
+/// After the plan change from 1000 to 2000 bps between `first` and `second` (see
+/// [`plan_change_inputs`]): the restarted worker (`restarted`'s log) named the changed
+/// key, the first 200 purchases are paid at the old rate, the next 200 at the new one,
+/// and the 20 refunds reverse at the old rate; each record once.
+pub(crate) fn assert_plan_change(env: &Env, restarted: &str) {
+    let log = env.worker_log(restarted);
     assert!(
         log.lines().any(|l| l.contains("config differs") && l.contains("default_rate_bps")),
         "the restarted worker names the changed key\n{log}"
     );
-
-    let got = records(&env, "commissions");
+    let got = records(env, "commissions");
     let rate_of = |r: &Record| -> (u32, i64) { (r.rate_bps, r.commission_minor) };
     let mut first_paid = 0;
     let mut second_paid = 0;
@@ -114,6 +92,23 @@ fn a_changed_commission_plan_applies_after_a_restart_and_reversals_keep_their_ra
         }
     }
     assert_eq!((first_paid, second_paid, reversals), (200, 200, 20), "{}", env.logs_tail());
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn a_changed_commission_plan_applies_after_a_restart_and_reversals_keep_their_rate() {
+    // The first 400 events paid at 1000 bps; the rest after a clean restart at 2000 bps.
+    let env = Env::new("cfg", workload(111));
+    let (first, second) = plan_change_inputs(&env);
+    env.produce(&[&first]);
+    let w = env.start_worker_with("w1", &[("ATTRIB__COMMISSION__DEFAULT_RATE_BPS", "1000")], &["--stop-at-end"]);
+    let status = wait_exit(&env, w);
+    assert!(status.success(), "first run: {status}\n{}", env.worker_log("w1"));
+    env.produce(&[&second]);
+    let w = env.start_worker_with("w2", &[("ATTRIB__COMMISSION__DEFAULT_RATE_BPS", "2000")], &["--stop-at-end"]);
+    let status = wait_exit(&env, w);
+    assert!(status.success(), "second run: {status}\n{}", env.worker_log("w2"));
+    assert_plan_change(&env, "w2");
 }
 
 /// Two workers with the default transactional id and a linear shadow model on one host,

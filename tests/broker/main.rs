@@ -29,6 +29,7 @@ use attrib::replay::{open_files, replay, MemorySink};
 
 mod layout;
 mod prometheus;
+mod recovery;
 mod restate;
 mod secure;
 
@@ -437,6 +438,22 @@ fn sigkill(mut child: Child) {
 
 const LIMIT: Duration = Duration::from_secs(600);
 
+/// Waits for a `--stop-at-end` worker to exit by itself.
+fn wait_exit(env: &Env, mut worker: Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "--stop-at-end worker still running\n{}", env.logs_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn records(env: &Env, topic: &str) -> Vec<Record> {
+    env.read_all(topic).iter().map(|(_, _, v)| serde_json::from_slice(v).unwrap()).collect()
+}
+
 #[test]
 #[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
 fn one_worker_output_equals_replay() {
@@ -596,19 +613,12 @@ fn transactions_off_catch_up_run_under_back_pressure_output_equals_replay() {
     // back-pressure for most of the run: it slows down, nothing is dropped.
     let env = Env::new("noeos", workload(606));
     env.produce(&[&env.workload]);
-    let mut worker = env.start_worker_with(
+    let worker = env.start_worker_with(
         "w1",
         &[("ATTRIB__KAFKA__EXACTLY_ONCE", "false"), ("ATTRIB__LIMITS__MAX_LIVE_TOUCHES", "50000")],
         &["--stop-at-end"],
     );
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(status) = worker.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "--stop-at-end worker still running\n{}", env.logs_tail());
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&env, worker);
     assert!(status.success(), "worker exit: {status}\n{}", env.worker_log("w1"));
     let log = env.worker_log("w1");
     assert!(log.contains("caught up") && log.contains("events_per_sec="), "catch-up line logged\n{log}");
