@@ -616,10 +616,10 @@ mod tests {
     fn a_layout_1_record_is_refused_as_old_state_not_misread() {
         // Layout 1 keyed records by partition number; values began with `S` or `L`.
         for value in [&b"L\0\0\0\0\0\0\0\x01"[..], &b"S\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x01"[..]] {
-            let err = PartitionState::default().apply(b"3", Some(value), "t", 3).err().expect("refused");
+            let err = PartitionState::default().apply(b"3", Some(value), "t", 3).expect_err("refused");
             assert!(matches!(err, WorkerError::OldState(ref m) if m.contains("layout 1")), "{err}");
         }
-        let err = PartitionState::default().apply(b"x1", Some(b"v"), "t", 3).err().expect("refused");
+        let err = PartitionState::default().apply(b"x1", Some(b"v"), "t", 3).expect_err("refused");
         assert!(matches!(err, WorkerError::Restore(ref m) if m.contains("unknown key")), "{err}");
     }
 
