@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use arbitrary::Arbitrary;
 use attrib::codec::DecodeLimits;
 use attrib::engine::plan::{CommissionPlan, Rule};
+use attrib::engine::state::Cap;
 use attrib::engine::{Engine, EngineConfig};
 use attrib::model::{DeadLetter, Millis, Model, Record, RecordKind, RecordView, SourcePos};
 use attrib::pipeline::{Pipeline, Processing, Sink};
@@ -286,7 +287,8 @@ fuzz_target!(|case: Case| {
     }
     let cfg = engine_config(&case.cfg);
     let n_inputs = usize::from(case.inputs % 3) + 1;
-    let max_touches = cfg.max_touches_per_user;
+    // What one shopper may hold (state::Cap: the cap, plus touches newer than the horizon).
+    let max_touches = Cap { max: cfg.max_touches_per_user, horizon: 0 }.limit();
     let processing = Processing { engine: cfg, limits: DecodeLimits::default(), max_future_skew: 0 };
     let mut state = Pipeline::new(processing, n_inputs);
     let mut out = Out::default();

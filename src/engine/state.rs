@@ -276,7 +276,7 @@ impl Cap {
     }
 
     /// The most touches a shopper ever holds.
-    fn limit(self) -> usize {
+    pub fn limit(self) -> usize {
         self.max.saturating_add(self.max.max(Cap::HEADROOM))
     }
 }
