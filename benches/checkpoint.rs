@@ -12,7 +12,7 @@
 //!   the group record, the log tombstones). Each sample is the next batch on the same
 //!   state, so N grows by up to 10,000 touches per sample.
 //! - **restore**: the first checkpoint's records go through `PartitionState::apply` (what
-//!   `read_partition` does with each record it reads) and `worker::state::rebuild_from`
+//!   `read_partition` does with each record it reads) and `worker::state::rebuild`
 //!   (what `rebuild` runs): reading from Kafka is not timed.
 //!
 //! Besides criterion's report, a table row per N is printed with the medians (of the
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use attrib::engine::watermark::Watermarks;
 use attrib::engine::Engine;
 use attrib::pipeline::{Pipeline, Processing};
-use attrib::worker::state::{checkpoint_items, rebuild_from, Committed, MemoryInputs, PartitionState, StateItem, Step};
+use attrib::worker::state::{checkpoint_items, rebuild, Committed, MemoryInputs, PartitionState, StateItem, Step};
 use attrib::worker::task::{Partitioner, Routing, TaskState};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 
@@ -104,7 +104,7 @@ fn restore(items: &[StateItem], processing: &Processing) -> (TaskState, u64) {
     let bytes = part.bytes;
     let committed = Committed { offsets: vec![None], seq: Some(1) };
     let routing = Routing { partition: 0, partitioner: Partitioner::Murmur2, partitions: 1 };
-    let (state, _) = rebuild_from(
+    let (state, _) = rebuild(
         &mut MemoryInputs::new(vec![Vec::new()]),
         part,
         &[("in".into(), 0)],

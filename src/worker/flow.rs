@@ -145,19 +145,7 @@ impl Core {
         let received = self.stamp();
         let Core { tasks, producer, config, records, open_stamps, hold, dead_letters, .. } = self;
         for (p, i) in due {
-            let mut out = LiveOut {
-                producer,
-                output_topic: &config.kafka.output_topic,
-                dlq_topic: &config.kafka.dlq_topic,
-                shadow_topic: &config.kafka.shadow_topic,
-                buf: Vec::new(),
-                records: 0,
-                received,
-                stamps: open_stamps,
-                hold,
-                dead_letters,
-                at_delivery: !config.kafka.exactly_once,
-            };
+            let mut out = LiveOut::new(producer, config, received, open_stamps, hold, dead_letters);
             if let Some(task) = tasks.get_mut(&p) {
                 task.set_idle(usize::from(i), &mut out);
             }

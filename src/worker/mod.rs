@@ -235,19 +235,7 @@ impl Core {
         self.handled += 1;
         self.bytes_in += payload.len() as u64;
         self.first_message.get_or_insert_with(Instant::now);
-        let mut out = LiveOut {
-            producer,
-            output_topic: &config.kafka.output_topic,
-            dlq_topic: &config.kafka.dlq_topic,
-            shadow_topic: &config.kafka.shadow_topic,
-            buf: Vec::new(), // most messages (touches) write nothing
-            records: 0,
-            received,
-            stamps: open_stamps,
-            hold,
-            dead_letters,
-            at_delivery: !config.kafka.exactly_once,
-        };
+        let mut out = LiveOut::new(producer, config, received, open_stamps, hold, dead_letters);
         // Whole seconds: consecutive messages share a log step.
         let now = now_ms() / 1000 * 1000;
         task.on_message(input, topic, offset, payload, now, received, &mut out);

@@ -9,24 +9,52 @@ use tracing::warn;
 
 use super::client::{send_waiting, ProducerCtx, RECORD_TAG};
 use crate::codec::encode_record;
+use crate::config::Config;
 use crate::model::{DeadLetter, RecordView};
 use crate::pipeline::Sink;
 
 /// Records and dead letters of live processing go straight to the producer.
 pub(super) struct LiveOut<'a> {
-    pub(super) producer: &'a BaseProducer<ProducerCtx>,
-    pub(super) output_topic: &'a str,
-    pub(super) dlq_topic: &'a str,
-    pub(super) shadow_topic: &'a str,
-    pub(super) buf: Vec<u8>,
+    producer: &'a BaseProducer<ProducerCtx>,
+    output_topic: &'a str,
+    dlq_topic: &'a str,
+    shadow_topic: &'a str,
+    buf: Vec<u8>,
+    /// Records written so far.
     pub(super) records: u64,
     /// Receive stamp of the message being handled (nanoseconds since the core's epoch).
-    pub(super) received: u64,
-    pub(super) stamps: &'a mut Vec<u64>,
-    pub(super) hold: &'a mut Histogram<u64>,
-    pub(super) dead_letters: &'a mut SampledLog,
+    received: u64,
+    stamps: &'a mut Vec<u64>,
+    hold: &'a mut Histogram<u64>,
+    dead_letters: &'a mut SampledLog,
     /// No transactions: latency is timed at delivery, not at the commit.
-    pub(super) at_delivery: bool,
+    at_delivery: bool,
+}
+
+impl<'a> LiveOut<'a> {
+    /// Output of what the message received at `received` makes, to the topics of `config`.
+    pub(super) fn new(
+        producer: &'a BaseProducer<ProducerCtx>,
+        config: &'a Config,
+        received: u64,
+        stamps: &'a mut Vec<u64>,
+        hold: &'a mut Histogram<u64>,
+        dead_letters: &'a mut SampledLog,
+    ) -> LiveOut<'a> {
+        LiveOut {
+            producer,
+            output_topic: &config.kafka.output_topic,
+            dlq_topic: &config.kafka.dlq_topic,
+            shadow_topic: &config.kafka.shadow_topic,
+            buf: Vec::new(), // most messages (touches) write nothing
+            records: 0,
+            received,
+            stamps,
+            hold,
+            dead_letters,
+            at_delivery: !config.kafka.exactly_once,
+        }
+    }
 }
 
 /// Logs dead letters at a sampled rate: the first one, then at most one line per

@@ -33,7 +33,7 @@ impl Core {
             let (read_records, read_bytes) = (part.records, part.bytes);
             let routing = Routing { partition: p, partitioner: self.config.partitioner, partitions: self.partitions };
             let (restored, ckpt_seq) = state::rebuild(
-                &self.restore_consumer,
+                &mut state::KafkaInputs::new(&self.restore_consumer, &inputs),
                 part,
                 &inputs,
                 &self.inputs,

@@ -23,7 +23,7 @@
 //! the log, so the result is exactly the state at the last commit (SPEC 8.1).
 //!
 //! Only reading is Kafka's: each record read goes through [`PartitionState::apply`], and
-//! [`rebuild_from`] reads the inputs through an [`InputReader`], so tests and benchmarks
+//! [`rebuild`] reads the inputs through an [`InputReader`], so tests and benchmarks
 //! run the same recovery with the inputs in memory ([`MemoryInputs`]).
 
 use std::collections::HashMap;
@@ -404,10 +404,17 @@ impl InputReader for MemoryInputs {
 }
 
 /// A group's input partitions, read with the restore consumer.
-struct KafkaInputs<'a, C: ConsumerContext> {
+pub struct KafkaInputs<'a, C: ConsumerContext> {
     consumer: &'a BaseConsumer<C>,
     inputs: &'a [(String, i32)],
     index: HashMap<(&'a str, i32), usize>,
+}
+
+impl<'a, C: ConsumerContext> KafkaInputs<'a, C> {
+    pub fn new(consumer: &'a BaseConsumer<C>, inputs: &'a [(String, i32)]) -> KafkaInputs<'a, C> {
+        let index = inputs.iter().enumerate().map(|(i, (t, p))| ((t.as_str(), *p), i)).collect();
+        KafkaInputs { consumer, inputs, index }
+    }
 }
 
 impl<C: ConsumerContext> InputReader for KafkaInputs<'_, C> {
@@ -442,28 +449,11 @@ impl<C: ConsumerContext> InputReader for KafkaInputs<'_, C> {
 
 /// Rebuilds a group's state from what its state partition holds, then replays the log
 /// entries after the checkpoint (up to `committed.seq`) over the inputs, read with
-/// `consumer` from the checkpoint's positions to the committed offsets. `current`: the
-/// config this worker runs with (used as is when the group has no state yet).
+/// `reader` ([`KafkaInputs`] in the worker) from the checkpoint's positions to the
+/// committed offsets. `current`: the config this worker runs with (used as is when the
+/// group has no state yet).
 #[allow(clippy::too_many_arguments)]
 pub fn rebuild(
-    consumer: &BaseConsumer<impl ConsumerContext>,
-    part: PartitionState,
-    inputs: &[(String, i32)],
-    names: &[String],
-    committed: &Committed,
-    current: &Processing,
-    routing: Routing,
-    deadline: Instant,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<(TaskState, Option<u64>), WorkerError> {
-    let index = inputs.iter().enumerate().map(|(i, (t, p))| ((t.as_str(), *p), i)).collect();
-    let mut reader = KafkaInputs { consumer, inputs, index };
-    rebuild_from(&mut reader, part, inputs, names, committed, current, routing, deadline, cancelled)
-}
-
-/// [`rebuild`] reading the inputs from `reader`.
-#[allow(clippy::too_many_arguments)]
-pub fn rebuild_from(
     reader: &mut impl InputReader,
     part: PartitionState,
     inputs: &[(String, i32)],

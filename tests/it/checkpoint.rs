@@ -242,7 +242,7 @@ fn money_orders_are_kept_until_their_lock_across_a_config_change() {
 /// The worker's recovery path without a broker: commits write what `Worker::commit`
 /// writes to the state topic (order-log entries, incremental checkpoints) into an
 /// in-memory topic, a crash loses everything since the last commit, and the group is
-/// rebuilt by `worker::state` (`PartitionState::apply` per record, `rebuild_from` over the
+/// rebuilt by `worker::state` (`PartitionState::apply` per record, `rebuild` over the
 /// inputs) and continues from the committed offsets. The records committed across every
 /// crash, plus the last run's, must be exactly the records of a run without crashes.
 #[cfg(feature = "kafka")]
@@ -251,7 +251,7 @@ mod recovery {
     use std::time::{Duration, Instant};
 
     use attrib::pipeline::Processing;
-    use attrib::worker::state::{checkpoint_items, rebuild_from, Committed, MemoryInputs, PartitionState, StateItem};
+    use attrib::worker::state::{checkpoint_items, rebuild, Committed, MemoryInputs, PartitionState, StateItem};
     use attrib::worker::task::{Partitioner, Routing, Task};
     use proptest::prelude::*;
 
@@ -319,7 +319,7 @@ mod recovery {
             }
         }
         let inputs: Vec<(String, i32)> = names().into_iter().map(|n| (n, 0)).collect();
-        let (state, ckpt_seq) = rebuild_from(
+        let (state, ckpt_seq) = rebuild(
             &mut MemoryInputs::new(messages.to_vec()),
             part,
             &inputs,
