@@ -166,7 +166,7 @@ impl Engine {
             None => (Vec::new(), Vec::new()),
             Some(c) => (
                 c.seen.clone(),
-                c.orders
+                c.orders()
                     .iter()
                     .map(|o| OrderRec {
                         order_id: o.order_id.clone(),
@@ -303,7 +303,7 @@ impl Engine {
             }
             let cold = self.shoppers.get_mut(slot).cold_mut();
             cold.seen = rec.seen;
-            cold.orders = orders;
+            cold.set_orders(orders);
             cold.pending = pending;
             cold.reindex(&self.retention);
         }

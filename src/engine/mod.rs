@@ -433,7 +433,7 @@ impl Engine {
 
     /// Orders in the ledgers.
     pub fn ledger_len(&self) -> usize {
-        self.shoppers.slots().map(|s| self.shoppers.get(s).cold.as_ref().map_or(0, |c| c.orders.len())).sum()
+        self.shoppers.slots().map(|s| self.shoppers.get(s).cold.as_ref().map_or(0, |c| c.orders().len())).sum()
     }
 
     /// The surface index of a touch's `surface` (0: none or not configured).
@@ -580,8 +580,10 @@ impl Engine {
         );
         let (shopper, creators) = self.shoppers.get_mut_with_creators(slot);
         let Some(cold) = shopper.cold.as_mut() else { return };
-        let Some(order) =
-            cold.orders.iter_mut().find(|o| o.purchase_ts == purchase_ts && o.purchase_event_id == purchase_event_id)
+        let Some(order) = cold
+            .orders_mut()
+            .iter_mut()
+            .find(|o| o.purchase_ts == purchase_ts && o.purchase_event_id == purchase_event_id)
         else {
             return;
         };
@@ -613,10 +615,10 @@ impl Engine {
         let horizon = self.cfg.refund_window.saturating_add(self.cfg.allowed_lateness);
         let cold = self.shoppers.get(slot).cold.as_ref()?;
         let hash = ledger::order_hash(order_id);
-        cold.orders
-            .iter()
-            .rposition(|o| o.order_hash == hash && o.order_id == order_id)
-            .filter(|&i| ts.saturating_sub(cold.orders[i].purchase_ts) <= horizon)
+        cold.orders_with_hash(hash)
+            .rev()
+            .find(|&i| cold.orders()[i].order_id == order_id)
+            .filter(|&i| ts.saturating_sub(cold.orders()[i].purchase_ts) <= horizon)
     }
 
     fn finalize_purchase(&mut self, slot: u32, p: &Purchase, tag: u64, out: &mut impl Output) {
@@ -752,10 +754,12 @@ impl Engine {
         let cold = sh.get_mut(slot).cold_mut();
         let hash = ledger::order_hash(&p.order_id);
         // An old order still awaiting its lock stays until the lock is written.
-        if let Some(i) =
-            cold.orders.iter().position(|o| o.order_hash == hash && o.order_id == p.order_id && !o.awaits_lock())
-        {
-            let old = cold.orders.remove(i);
+        let old = cold.orders_with_hash(hash).find(|&i| {
+            let o = &cold.orders()[i];
+            o.order_id == p.order_id && !o.awaits_lock()
+        });
+        if let Some(i) = old {
+            let old = cold.remove_order(i);
             cold.reindex(&self.retention);
             old.release(&mut sh.creators);
             sh.orders -= 1;
@@ -772,7 +776,7 @@ impl Engine {
                 let refund_window = self.cfg.refund_window;
                 let (shopper, creators) = self.shoppers.get_mut_with_creators(slot);
                 let user_id = &shopper.user_id;
-                let order = &mut shopper.cold.as_mut().expect("known order").orders[i];
+                let order = &mut shopper.cold.as_mut().expect("known order").orders_mut()[i];
                 let stats = &mut self.stats;
                 order.refund(&r.event_id, r.ts, r.items.as_deref(), refund_window, user_id, creators, |rec| {
                     count_record(stats, rec);

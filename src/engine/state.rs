@@ -3,7 +3,10 @@
 //! Every shopper has a slot in a slab, found through a hash table of slot numbers keyed
 //! by the shopper's id (4 bytes per shopper in the table). A slot holds the shopper's
 //! touches in `(ts, event_id)` order, as 24-byte records whose event ids live in one
-//! byte arena shared by the whole engine; creators and products are interned
+//! byte arena shared by the whole engine, each behind a one-byte length. A touch keeps
+//! 8 bits of its id's hash, so looking for an id among a shopper's touches reads the
+//! arena only on a tag match; shoppers with many touches keep a hash set of their ids'
+//! arena offsets, so a lookup is one probe and one compare. Creators and products are interned
 //! (reference-counted, see [`super::intern`]). What a shopper rarely has (purchase and
 //! refund ids, orders, an id index for the few shoppers with many touches) sits behind
 //! one pointer.
@@ -43,10 +46,12 @@ pub struct StoredTouch {
     pub creator: u32,
     /// Interned product id, or [`STOREFRONT`].
     pub product: u32,
-    /// Offset of the event id in the arena (low 32 of 40 bits).
+    /// Offset of the event id in the arena (low 32 of 40 bits): its length minus one
+    /// (ids are 1 to 256 bytes), then its bytes.
     id_off: u32,
-    /// Length of the event id minus one (ids are 1 to 256 bytes).
-    id_len_m1: u8,
+    /// The top 8 bits of the id's [`hash_bytes`]: most ids that differ differ here, so a
+    /// scan for an id rarely reads the arena.
+    id_tag: u8,
     /// [`FLAG_CLICK`], [`FLAG_SELF`].
     flags: u8,
     /// Index of the touch's surface in the engine's surface registry (0: none / other).
@@ -72,11 +77,83 @@ impl StoredTouch {
         self.flags & FLAG_SELF != 0
     }
 
+    /// Where the id's entry (length byte, then the id) starts in the arena.
     #[inline]
-    fn id_range(&self) -> std::ops::Range<usize> {
-        let off = (usize::from(self.id_off_hi) << 32) | self.id_off as usize;
-        off..off + usize::from(self.id_len_m1) + 1
+    fn id_off(&self) -> usize {
+        (usize::from(self.id_off_hi) << 32) | self.id_off as usize
     }
+
+    #[inline]
+    fn set_id_off(&mut self, off: usize) {
+        self.id_off = off as u32;
+        self.id_off_hi = (off >> 32) as u8;
+    }
+}
+
+/// The id stored at `off` in `arena` (see [`StoredTouch::id_off`]).
+#[inline]
+fn arena_id(arena: &[u8], off: usize) -> &[u8] {
+    let len = usize::from(arena[off]) + 1;
+    &arena[off + 1..off + 1 + len]
+}
+
+/// The arena offsets of a shopper's touch ids, found by id hash. An entry is the
+/// offset (40 bits) beside 24 more bits of the id's hash, from which its table hash is
+/// made: the table grows without reading the arena (a cache miss per id), and a lookup
+/// reads an id only when those 24 bits match.
+#[derive(Clone, Debug, Default)]
+struct IdIndex(HashTable<u64>);
+
+const OFF_BITS: u32 = 40;
+const OFF_MASK: u64 = (1 << OFF_BITS) - 1;
+
+impl IdIndex {
+    /// The 24 bits of an id hash kept in the entry (below the touch's tag bits).
+    #[inline]
+    fn key(hash: u64) -> u64 {
+        (hash >> 32) & 0xFF_FFFF
+    }
+
+    /// The table hash of a key: multiplied so that all 24 bits reach hashbrown's top-7-bit
+    /// control byte as well as the low bits that pick the bucket.
+    #[inline]
+    fn table_hash(key: u64) -> u64 {
+        (key | 1 << 24).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn with_capacity(n: usize) -> IdIndex {
+        IdIndex(HashTable::with_capacity(n))
+    }
+
+    #[inline]
+    fn contains(&self, arena: &[u8], id: &[u8], hash: u64) -> bool {
+        let key = Self::key(hash);
+        self.0
+            .find(Self::table_hash(key), |&e| e >> OFF_BITS == key && arena_id(arena, (e & OFF_MASK) as usize) == id)
+            .is_some()
+    }
+
+    #[inline]
+    fn insert(&mut self, hash: u64, off: usize) {
+        let key = Self::key(hash);
+        self.0.insert_unique(Self::table_hash(key), key << OFF_BITS | off as u64, |&e| Self::table_hash(e >> OFF_BITS));
+    }
+
+    fn remove(&mut self, hash: u64, off: usize) {
+        if let Ok(e) = self.0.find_entry(Self::table_hash(Self::key(hash)), |&e| e & OFF_MASK == off as u64) {
+            e.remove();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The tag of an id hash ([`StoredTouch::id_tag`]).
+#[inline]
+fn tag_of(hash: u64) -> u8 {
+    (hash >> 56) as u8
 }
 
 /// One shopper's touches in `(ts, event_id)` order. Dropping the oldest (the cap,
@@ -154,19 +231,56 @@ pub struct Cold {
     /// Purchase and refund ids seen, with their event time, until too late to repeat.
     pub seen: Vec<(Millis, u128)>,
     /// The order ledger (SPEC §4): final purchases, oldest first.
-    pub orders: Vec<Order>,
+    orders: Vec<Order>,
+    /// `order_hash` of each of `orders`, side by side: a search for an order id reads
+    /// 8 bytes per order instead of one or two cache lines.
+    order_hashes: Vec<u64>,
+    /// Order hash → how many of `orders` have it, for shoppers with many orders: a new
+    /// order id (every purchase looks its id up) is known absent without a scan.
+    order_index: Option<HashMap<u64, u32, ahash::RandomState>>,
     /// Purchases and refunds of this shopper waiting for the watermark.
     pub pending: u32,
-    /// Touch id hash → count, for shoppers with many touches.
-    id_index: Option<HashMap<u64, u32, ahash::RandomState>>,
+    /// Arena offsets of the touch ids, by id hash, for shoppers with many touches.
+    id_index: Option<IdIndex>,
     /// The hashes of `seen`, for shoppers with many purchases and refunds.
-    seen_index: Option<std::collections::HashSet<u128, ahash::RandomState>>,
+    seen_index: Option<SeenIndex>,
     /// The earliest watermark at which a seen id or an order expires.
     expires: Millis,
 }
 
 /// Shoppers with more purchase and refund ids than this get a hash set of them.
 const SEEN_INDEX_FROM: usize = 16;
+
+/// A set of [`id_hash`]es. They are hashes already: the table uses their low 64 bits
+/// instead of hashing them again.
+#[derive(Clone, Debug, Default)]
+struct SeenIndex(HashTable<u128>);
+
+impl SeenIndex {
+    fn insert(&mut self, hash: u128) {
+        if !self.contains(hash) {
+            self.0.insert_unique(hash as u64, hash, |&h| h as u64);
+        }
+    }
+
+    #[inline]
+    fn contains(&self, hash: u128) -> bool {
+        self.0.find(hash as u64, |&h| h == hash).is_some()
+    }
+}
+
+impl FromIterator<u128> for SeenIndex {
+    fn from_iter<I: IntoIterator<Item = u128>>(iter: I) -> SeenIndex {
+        let mut index = SeenIndex::default();
+        for h in iter {
+            index.insert(h);
+        }
+        index
+    }
+}
+
+/// Shoppers with more orders than this get an index of their order hashes.
+const ORDER_INDEX_FROM: usize = 16;
 
 impl Cold {
     fn is_empty(&self) -> bool {
@@ -191,13 +305,75 @@ impl Cold {
     /// Adds a final purchase to the ledger.
     pub fn add_order(&mut self, order: Order, r: &Retention) {
         self.expires = self.expires.min(order.kept_until(r.orders));
+        self.order_hashes.push(order.order_hash);
+        match &mut self.order_index {
+            Some(index) => *index.entry(order.order_hash).or_insert(0) += 1,
+            None if self.order_hashes.len() > ORDER_INDEX_FROM => self.index_orders(),
+            None => {}
+        }
         self.orders.push(order);
+    }
+
+    /// The order ledger, oldest first.
+    pub fn orders(&self) -> &[Order] {
+        &self.orders
+    }
+
+    /// The orders, to change in place (not their ids).
+    pub fn orders_mut(&mut self) -> &mut [Order] {
+        &mut self.orders
+    }
+
+    /// Replaces the ledger (a restore); the caller then calls [`Cold::reindex`].
+    pub fn set_orders(&mut self, orders: Vec<Order>) {
+        self.orders = orders;
+        self.rehash_orders();
+    }
+
+    /// Takes order `i` out of the ledger; the caller then calls [`Cold::reindex`].
+    pub fn remove_order(&mut self, i: usize) -> Order {
+        let hash = self.order_hashes.remove(i);
+        if let Some(index) = &mut self.order_index {
+            if let Some(n) = index.get_mut(&hash) {
+                *n -= 1;
+                if *n == 0 {
+                    index.remove(&hash);
+                }
+            }
+        }
+        self.orders.remove(i)
+    }
+
+    /// Positions in the ledger of the orders with this `order_hash`, oldest first.
+    pub fn orders_with_hash(&self, hash: u64) -> impl DoubleEndedIterator<Item = usize> + '_ {
+        debug_assert_eq!(self.order_hashes.len(), self.orders.len(), "order hashes follow the orders");
+        let absent = self.order_index.as_ref().is_some_and(|index| !index.contains_key(&hash));
+        let hashes = if absent { &[][..] } else { &self.order_hashes[..] };
+        hashes.iter().enumerate().filter(move |&(_, &h)| h == hash).map(|(i, _)| i)
+    }
+
+    /// Recomputes `order_hashes` and `order_index` from `orders`.
+    fn rehash_orders(&mut self) {
+        self.order_hashes.clear();
+        self.order_hashes.extend(self.orders.iter().map(|o| o.order_hash));
+        self.order_index = None;
+        if self.order_hashes.len() > ORDER_INDEX_FROM {
+            self.index_orders();
+        }
+    }
+
+    fn index_orders(&mut self) {
+        let mut index: HashMap<u64, u32, ahash::RandomState> = HashMap::default();
+        for &h in &self.order_hashes {
+            *index.entry(h).or_insert(0) += 1;
+        }
+        self.order_index = Some(index);
     }
 
     /// Whether a purchase or refund with this id hash was seen.
     fn has_seen(&self, hash: u128) -> bool {
         match &self.seen_index {
-            Some(index) => index.contains(&hash),
+            Some(index) => index.contains(hash),
             None => self.seen.iter().any(|&(_, h)| h == hash),
         }
     }
@@ -271,14 +447,50 @@ impl Cap {
         if touches.len() <= self.max {
             return 0;
         }
-        let settled = touches.partition_point(|t| t.ts < self.horizon);
-        settled.saturating_sub(self.max).max(touches.len().saturating_sub(self.limit()))
+        // Only touches settled beyond the first `max` count: one probe tells whether
+        // there are any, and there are few (the horizon moves a little at a time), so
+        // they are found from `max` on rather than by a search over the whole slice,
+        // whose probes miss the cache for a shopper this large.
+        let over = if touches[self.max].ts < self.horizon {
+            1 + gallop(&touches[self.max + 1..], |t| t.ts < self.horizon)
+        } else {
+            0
+        };
+        over.max(touches.len().saturating_sub(self.limit()))
     }
 
     /// The most touches a shopper ever holds.
     pub fn limit(self) -> usize {
         self.max.saturating_add(self.max.max(Cap::HEADROOM))
     }
+}
+
+/// `slice.partition_point(pred)` for a point expected near the start: probes 1, 2, 4, ...
+/// from the start, then searches the last step.
+#[inline]
+fn gallop<T>(slice: &[T], pred: impl Fn(&T) -> bool) -> usize {
+    let mut lo = 0;
+    let mut step = 1;
+    while lo + step <= slice.len() && pred(&slice[lo + step - 1]) {
+        lo += step;
+        step *= 2;
+    }
+    let hi = (lo + step).min(slice.len());
+    lo + slice[lo..hi].partition_point(pred)
+}
+
+/// `slice.partition_point(pred)` for a point expected near the end: probes 1, 2, 4, ...
+/// back from the end, then searches the last step.
+#[inline]
+fn gallop_back<T>(slice: &[T], pred: impl Fn(&T) -> bool) -> usize {
+    let mut hi = slice.len(); // `slice[hi..]` fails `pred`
+    let mut step = 1;
+    while step <= hi && !pred(&slice[hi - step]) {
+        hi -= step;
+        step *= 2;
+    }
+    let lo = hi.saturating_sub(step);
+    lo + slice[lo..hi].partition_point(pred)
 }
 
 /// What [`Shoppers::insert_touch`] did.
@@ -412,24 +624,29 @@ impl Shoppers {
     #[inline]
     pub fn touch_id(&self, t: &StoredTouch) -> &str {
         // Ids are copied in from `&str` and sliced at their own boundaries.
-        std::str::from_utf8(&self.arena[t.id_range()]).expect("event ids in the arena are UTF-8")
+        std::str::from_utf8(self.id_bytes(t)).expect("event ids in the arena are UTF-8")
     }
 
     #[inline]
     fn id_bytes(&self, t: &StoredTouch) -> &[u8] {
-        &self.arena[t.id_range()]
+        arena_id(&self.arena, t.id_off())
     }
 
     /// Whether shopper `slot` has a touch with this event id.
     pub fn has_touch_id(&self, slot: u32, id: &str) -> bool {
+        self.has_touch_hashed(slot, id.as_bytes(), hash_bytes(id.as_bytes()))
+    }
+
+    /// [`Shoppers::has_touch_id`] with the id's [`hash_bytes`] at hand.
+    #[inline]
+    fn has_touch_hashed(&self, slot: u32, id: &[u8], hash: u64) -> bool {
         let s = &self.slab[slot as usize];
+        let arena = &self.arena;
         if let Some(index) = s.cold.as_ref().and_then(|c| c.id_index.as_ref()) {
-            if !index.contains_key(&hash_bytes(id.as_bytes())) {
-                return false;
-            }
+            return index.contains(arena, id, hash);
         }
-        let id = id.as_bytes();
-        s.touches.as_slice().iter().any(|t| usize::from(t.id_len_m1) + 1 == id.len() && self.id_bytes(t) == id)
+        let tag = tag_of(hash);
+        s.touches.as_slice().iter().any(|t| t.id_tag == tag && arena_id(arena, t.id_off()) == id)
     }
 
     /// Whether shopper `slot` has seen a purchase or refund with this id hash.
@@ -440,46 +657,46 @@ impl Shoppers {
     /// Stores a touch of shopper `slot`, keeping at most `cap` touches per shopper (the
     /// oldest go first). The caller checked for duplicates among purchase and refund ids.
     pub fn insert_touch(&mut self, slot: u32, t: &NewTouch<'_>, cap: Cap, retention: &Retention) -> Inserted {
-        if self.has_touch_id(slot, t.event_id) {
+        let id = t.event_id.as_bytes();
+        let hash = hash_bytes(id);
+        if self.has_touch_hashed(slot, id, hash) {
             return Inserted::Duplicate;
         }
         let creator = self.creators.acquire(t.creator_id);
         let product = t.product_id.map_or(STOREFRONT, |p| self.products.acquire(p));
-        let id = t.event_id.as_bytes();
         debug_assert!(!id.is_empty() && id.len() <= 256, "the decoder bounds ids to 1..=256 bytes");
         let off = self.arena.len();
+        self.arena.push((id.len() - 1) as u8);
         self.arena.extend_from_slice(id);
         self.mark(slot);
         let shopper = &mut self.slab[slot as usize];
         let is_self = t.creator_id == shopper.user_id.as_str();
-        let stored = StoredTouch {
+        let mut stored = StoredTouch {
             ts: t.ts,
             creator,
             product,
-            id_off: off as u32,
-            id_len_m1: (id.len() - 1) as u8,
+            id_off: 0,
+            id_tag: tag_of(hash),
             flags: if t.kind == TouchKind::Click { FLAG_CLICK } else { 0 } | if is_self { FLAG_SELF } else { 0 },
             surface: t.surface,
-            id_off_hi: (off >> 32) as u8,
+            id_off_hi: 0,
         };
+        stored.set_id_off(off);
         let arena = &self.arena;
-        let key = |x: &StoredTouch| (x.ts, &arena[x.id_range()]);
-        // Touches mostly arrive in time order: check the end before searching.
+        // `(ts, event_id)` order; the id (in the arena, a cache miss) only breaks ties.
+        // Ids are unique per shopper (checked above): the key is never found.
+        let before = |x: &StoredTouch| x.ts < t.ts || (x.ts == t.ts && arena_id(arena, x.id_off()) < id);
+        // Touches mostly arrive in time order, or a little late: search back from the end.
         let live = shopper.touches.as_slice();
-        let pos = match live.last() {
-            Some(last) if key(last) < (t.ts, id) => live.len(),
-            None => 0,
-            // Ids are unique per shopper (checked above): the key is never found.
-            _ => live.partition_point(|x| key(x) < (t.ts, id)),
-        };
+        let pos = gallop_back(live, before);
         shopper.touches.insert(pos, stored);
         self.live += 1;
         if let Some(index) = shopper.cold.as_mut().and_then(|c| c.id_index.as_mut()) {
-            *index.entry(hash_bytes(id)).or_insert(0) += 1;
+            index.insert(hash, off);
         } else if shopper.touches.len() > INDEX_FROM {
-            let mut index: HashMap<u64, u32, ahash::RandomState> = HashMap::default();
+            let mut index = IdIndex::with_capacity(shopper.touches.len() * 2);
             for x in shopper.touches.as_slice() {
-                *index.entry(hash_bytes(&self.arena[x.id_range()])).or_insert(0) += 1;
+                index.insert(hash_bytes(arena_id(arena, x.id_off())), x.id_off());
             }
             shopper.cold_mut().id_index = Some(index);
         }
@@ -489,7 +706,12 @@ impl Shoppers {
         if excess > 0 {
             self.drop_oldest(slot, excess);
         }
-        self.requeue(slot, retention);
+        // Only a new oldest touch makes the shopper expire sooner (dropping the oldest
+        // makes it later): otherwise it is queued early enough already, and requeue
+        // would read its oldest touch, a cache miss for a shopper with many.
+        if pos == 0 {
+            self.requeue(slot, retention);
+        }
         Inserted::Stored { over_cap }
     }
 
@@ -508,13 +730,7 @@ impl Shoppers {
         shopper.touches.advance(n);
         if let Some(index) = shopper.cold.as_mut().and_then(|c| c.id_index.as_mut()) {
             for t in dropped {
-                let h = hash_bytes(&self.arena[t.id_range()]);
-                if let Some(c) = index.get_mut(&h) {
-                    *c -= 1;
-                    if *c == 0 {
-                        index.remove(&h);
-                    }
-                }
+                index.remove(hash_bytes(arena_id(&self.arena, t.id_off())), t.id_off());
             }
         }
         for t in dropped {
@@ -527,7 +743,7 @@ impl Shoppers {
         if t.product != STOREFRONT {
             self.products.release(t.product);
         }
-        self.garbage += usize::from(t.id_len_m1) + 1;
+        self.garbage += usize::from(self.arena[t.id_off()]) + 2;
         self.live -= 1;
     }
 
@@ -582,6 +798,9 @@ impl Shoppers {
                     }
                     keep
                 });
+                if c.orders.len() != before_orders {
+                    c.rehash_orders();
+                }
                 let dropped = c.seen.len() != before_seen || c.orders.len() != before_orders;
                 if dropped {
                     c.reindex(r);
@@ -630,16 +849,23 @@ impl Shoppers {
         self.count -= 1;
     }
 
-    /// Rewrites the arena without the ids of dropped touches.
+    /// Rewrites the arena without the ids of dropped touches (and the id indexes, which
+    /// hold arena offsets).
     fn compact(&mut self) {
         let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
         for s in &mut self.slab {
             for t in s.touches.as_mut_slice() {
-                let range = t.id_range();
+                let old = t.id_off();
+                let len = usize::from(self.arena[old]) + 2;
                 let off = arena.len();
-                arena.extend_from_slice(&self.arena[range]);
-                t.id_off = off as u32;
-                t.id_off_hi = (off >> 32) as u8;
+                arena.extend_from_slice(&self.arena[old..old + len]);
+                t.set_id_off(off);
+            }
+            if let Some(index) = s.cold.as_mut().and_then(|c| c.id_index.as_mut()) {
+                index.clear();
+                for t in s.touches.as_slice() {
+                    index.insert(hash_bytes(arena_id(&arena, t.id_off())), t.id_off());
+                }
             }
         }
         self.arena = arena;
@@ -733,6 +959,59 @@ mod tests {
     }
 
     #[test]
+    fn gallops_find_the_partition_point() {
+        for n in 0..70usize {
+            let v: Vec<usize> = (0..n).collect();
+            for cut in 0..=n {
+                assert_eq!(gallop(&v, |&x| x < cut), cut, "n {n} cut {cut}");
+                assert_eq!(gallop_back(&v, |&x| x < cut), cut, "n {n} cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn ids_with_the_same_tag_are_told_apart() {
+        let tag = |id: &str| tag_of(hash_bytes(id.as_bytes()));
+        let first = tag("k0");
+        let twin = (1..).map(|i| format!("k{i}")).find(|id| tag(id) == first).expect("a tag repeats");
+        let mut s = Shoppers::default();
+        let u = s.find_or_insert("u");
+        assert_eq!(s.insert_touch(u, &click("k0", 1), cap(10), &R), Inserted::Stored { over_cap: false });
+        assert_eq!(s.insert_touch(u, &click(&twin, 2), cap(10), &R), Inserted::Stored { over_cap: false });
+        assert_eq!(s.insert_touch(u, &click(&twin, 3), cap(10), &R), Inserted::Duplicate);
+        assert_eq!(ids(&s, "u"), ["k0", twin.as_str()]);
+    }
+
+    #[test]
+    fn order_lookups_follow_adds_removals_and_restores() {
+        let order = |hash: u64, ts: Millis| Order { order_hash: hash, purchase_ts: ts, ..Order::default() };
+        let brute = |c: &Cold, hash: u64| -> Vec<usize> {
+            c.orders().iter().enumerate().filter(|(_, o)| o.order_hash == hash).map(|(i, _)| i).collect()
+        };
+        let mut c = Cold::default();
+        for i in 0..40u64 {
+            c.add_order(order(i % 7, i as Millis), &R);
+            for h in [0, 3, 6, 7] {
+                assert_eq!(c.orders_with_hash(h).collect::<Vec<_>>(), brute(&c, h), "after add {i}");
+            }
+        }
+        for i in [39, 0, 5, 5, 20] {
+            c.remove_order(i);
+            for h in 0..8 {
+                assert_eq!(c.orders_with_hash(h).collect::<Vec<_>>(), brute(&c, h), "after remove {i}");
+            }
+        }
+        let kept: Vec<Order> = c.orders()[..3].to_vec();
+        c.set_orders(kept);
+        for h in 0..8 {
+            assert_eq!(
+                c.orders_with_hash(h).rev().collect::<Vec<_>>(),
+                brute(&c, h).into_iter().rev().collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
     fn cap_drops_the_oldest() {
         let mut s = Shoppers::default();
         let u = s.find_or_insert("u");
@@ -820,5 +1099,9 @@ mod tests {
         }
         assert!(s.arena.len() < 1 << 22, "arena compacted: {}", s.arena.len());
         assert_eq!(ids(&s, "u").last().map(String::as_str), Some(format!("{long}19999").as_str()));
+        // The id index holds arena offsets: compaction rebuilt it.
+        assert!(s.get(u).cold.as_ref().is_some_and(|c| c.id_index.is_some()));
+        assert_eq!(s.insert_touch(u, &click(&format!("{long}19998"), 1), cap(10), &R), Inserted::Duplicate);
+        assert!(!s.has_touch_id(u, &format!("{long}100")));
     }
 }

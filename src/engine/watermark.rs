@@ -53,6 +53,16 @@ impl Watermarks {
         self.inputs[i].idle = idle;
     }
 
+    /// How many inputs there are.
+    pub fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Whether there are no inputs.
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
     /// Whether input `i` is currently idle.
     pub fn is_idle(&self, i: usize) -> bool {
         self.inputs[i].idle
