@@ -57,41 +57,109 @@ impl<'a> Parser<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
-    /// A string without escapes or control characters; the cursor is on its `"`.
+    /// The eight bytes at `at` as a little-endian word; past the end of the input they
+    /// read as zero (a control character and not a digit, so every scan stops there).
+    /// `None` at the end of the input (and for inputs shorter than a word, which
+    /// [`decode`] does not parse).
     #[inline]
+    fn word_at(&self, at: usize) -> Option<u64> {
+        if let Some(chunk) = self.b.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+            return Some(u64::from_le_bytes(*chunk));
+        }
+        // Fewer than eight bytes left: the input's last eight, shifted down.
+        let rest = self.b.len().checked_sub(at).filter(|&n| n > 0)?;
+        let last = self.b.last_chunk::<8>()?;
+        Some(u64::from_le_bytes(*last) >> (8 * (8 - rest)))
+    }
+
+    /// A string without escapes or control characters; the cursor is on its `"`.
+    #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
         // Eight bytes at a time to the first `"`, `\\` or control character (the lowest
-        // flagged byte of each test is exact).
+        // flagged byte of each test is exact); only a `"` ends the string.
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGH: u64 = 0x8080_8080_8080_8080;
         let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-            let w = u64::from_le_bytes(chunk.try_into().ok()?);
+        loop {
+            let w = self.word_at(self.i)?;
             let hit = zero(w ^ (ONES * u64::from(b'"')))
                 | zero(w ^ (ONES * u64::from(b'\\')))
                 | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
             if hit != 0 {
-                self.i += (hit.trailing_zeros() / 8) as usize;
+                let at = hit.trailing_zeros() & !7;
+                if (w >> at) as u8 != b'"' {
+                    return None;
+                }
+                self.i += (at / 8) as usize;
                 break;
             }
             self.i += 8;
         }
-        loop {
-            match *self.b.get(self.i)? {
-                b'"' => break,
-                b'\\' | 0..0x20 => return None,
-                _ => self.i += 1,
-            }
-        }
-        let s = self.text.get(start..self.i)?;
+        let s = self.text.split_at_checked(self.i)?.0.split_at_checked(start)?.1;
         self.i += 1;
         Some(s)
     }
 
+    /// Whether the key at the cursor (on its `"`) is `name`, given with its closing
+    /// quote so that a longer key does not pass for it.
+    #[inline(always)]
+    fn key_is<const N: usize>(&self, name: &[u8; N]) -> bool {
+        self.b.get(self.i + 1..).and_then(<[u8]>::first_chunk::<N>) == Some(name)
+    }
+
+    /// `"key" :` and the whitespace after it: the slot of a key `F` knows (found from its
+    /// first byte and one fixed-size compare, no scan), `usize::MAX` for other keys.
+    #[inline(always)]
+    fn key<F: Fields>(&mut self) -> Option<usize> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let slot = match F::known(self, *self.b.get(self.i + 1)?) {
+            Some((slot, quoted_len)) => {
+                self.i += 1 + quoted_len;
+                slot
+            }
+            None => {
+                self.string()?;
+                usize::MAX
+            }
+        };
+        if self.peek()? == b':' {
+            self.i += 1;
+        } else {
+            self.ws();
+            self.eat(b':')?;
+        }
+        self.ws();
+        Some(slot)
+    }
+
+    /// After a member: the next member's key as [`Parser::key`] reads it, or `None` at
+    /// the closing `}`.
+    #[inline(always)]
+    fn next_key<F: Fields>(&mut self) -> Option<Option<usize>> {
+        // The compact `,"key":` of most producers without a byte-by-byte walk.
+        if let Some(&[b',', b'"', first]) = self.b.get(self.i..).and_then(<[u8]>::first_chunk::<3>) {
+            self.i += 1;
+            if let Some((slot, quoted_len)) = F::known(self, first) {
+                if self.b.get(self.i + 1 + quoted_len) == Some(&b':') {
+                    self.i += 2 + quoted_len;
+                    self.ws();
+                    return Some(Some(slot));
+                }
+            }
+            return self.key::<F>().map(Some);
+        }
+        if !self.next_member()? {
+            return Some(None);
+        }
+        self.key::<F>().map(Some)
+    }
+
     /// A scalar value (not an array or object).
-    #[inline]
+    #[inline(always)]
     fn scalar(&mut self) -> Option<V<'a>> {
         match self.peek()? {
             b'"' => self.string().map(V::Str),
@@ -112,29 +180,40 @@ impl<'a> Parser<'a> {
     }
 
     /// `0` or `[1-9][0-9]{0,17}`, not followed by a fraction or an exponent.
-    #[inline]
+    #[inline(always)]
     fn int(&mut self) -> Option<i64> {
         let start = self.i;
-        let mut n: i64 = 0;
-        while let Some(&d @ b'0'..=b'9') = self.b.get(self.i) {
-            if self.i - start == 18 {
+        let mut n: u64 = 0;
+        // Up to eight digits per word: count them, then add them up in three multiplies.
+        loop {
+            let w = self.word_at(self.i).unwrap_or(0);
+            let k = leading_digits(w);
+            if self.i - start + k > 18 {
                 return None;
             }
-            n = n * 10 + i64::from(d - b'0');
-            self.i += 1;
+            n = n * POW10[k] + digits_value(w, k);
+            self.i += k;
+            if k < 8 {
+                break;
+            }
         }
         let digits = self.i - start;
         if (digits > 1 && self.b[start] == b'0') || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
             return None;
         }
-        Some(n)
+        // At most 18 digits: below 10^18 < 2^63.
+        Some(n as i64)
     }
 
     /// After a member: `,` (another follows: true) or the closing `}` (false).
     #[inline]
     fn next_member(&mut self) -> Option<bool> {
-        self.ws();
-        match self.peek()? {
+        let mut c = self.peek()?;
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            self.ws();
+            c = self.peek()?;
+        }
+        match c {
             b',' => {
                 self.i += 1;
                 self.ws();
@@ -148,16 +227,6 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// `"key" :` and the whitespace after it.
-    #[inline]
-    fn key(&mut self) -> Option<&'a str> {
-        let k = self.string()?;
-        self.ws();
-        self.eat(b':')?;
-        self.ws();
-        Some(k)
-    }
-
     /// A flat object of an item; the cursor is on its `{`.
     fn item(&mut self) -> Option<ItemSlots<'a>> {
         self.eat(b'{')?;
@@ -166,23 +235,17 @@ impl<'a> Parser<'a> {
         if self.eat(b'}').is_some() {
             return Some(slots);
         }
+        let mut slot = self.key::<ItemFields>()?;
         loop {
-            let key = self.key()?;
             let v = self.scalar()?;
-            let slot = match key.as_bytes() {
-                b"product_id" => 0,
-                b"quantity" => 1,
-                b"unit_price" => 2,
-                b"category" => 3,
-                _ => usize::MAX,
-            };
             if let Some(s) = slots.get_mut(slot) {
                 if s.replace(v).is_some() {
                     return None; // given twice: the reference names it
                 }
             }
-            if !self.next_member()? {
-                return Some(slots);
+            match self.next_key::<ItemFields>()? {
+                Some(next) => slot = next,
+                None => return Some(slots),
             }
         }
     }
@@ -214,81 +277,114 @@ impl<'a> Parser<'a> {
     }
 }
 
+const POW10: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
+
+/// How many of the eight bytes of `w` (first byte lowest) are ASCII digits before the
+/// first other byte.
+#[inline]
+fn leading_digits(w: u64) -> usize {
+    // The high bit of a byte is set by the add for bytes from `:` up and by the subtract
+    // for bytes below `0` (and from 0xB0 up). Digits neither carry nor borrow, so the
+    // lowest flagged byte is exact.
+    let flagged =
+        (w.wrapping_add(0x4646_4646_4646_4646) | w.wrapping_sub(0x3030_3030_3030_3030)) & 0x8080_8080_8080_8080;
+    (flagged.trailing_zeros() / 8) as usize
+}
+
+/// The number written by the first `k` bytes of `w` (ASCII digits, first byte lowest).
+#[inline]
+fn digits_value(w: u64, k: usize) -> u64 {
+    // Shift the digits to the top: the bytes shifted in read as leading zeros.
+    let v = w.checked_shl(64 - 8 * k as u32).unwrap_or(0);
+    // Pairs, then quadruples, then all eight (the SWAR sum of simdjson's
+    // `parse_eight_digits_unrolled`).
+    let v = (v & 0x0F0F_0F0F_0F0F_0F0F).wrapping_mul(2561) >> 8;
+    let v = (v & 0x00FF_00FF_00FF_00FF).wrapping_mul(6_553_601) >> 16;
+    (v & 0x0000_FFFF_0000_FFFF).wrapping_mul(42_949_672_960_001) >> 32
+}
+
 // Slots of the event object's fields: the reference decoder's, so both fill the same table.
 use super::{CONTENT_ID, CREATOR_ID, CURRENCY, EVENT_ID, ITEMS, ORDER_ID, PRODUCT_ID, SURFACE, TS, TYPE, USER_ID};
 
-/// The slot of a field name, `usize::MAX` for unknown fields. By length and first byte,
-/// then one fixed-size compare: no `memcmp` calls.
-#[inline]
-fn slot_of(key: &str) -> usize {
-    fn is<const N: usize>(key: &[u8], name: &[u8; N]) -> bool {
-        <&[u8; N]>::try_from(key).is_ok_and(|k| k == name)
+/// The known keys of an object: their slots.
+trait Fields {
+    /// The slot and quoted length of the key at the cursor (on its `"`, followed by
+    /// `first`) if it is a known one; one fixed-size compare, no scan.
+    fn known(p: &Parser<'_>, first: u8) -> Option<(usize, usize)>;
+}
+
+/// The event object.
+struct EventFields;
+
+impl Fields for EventFields {
+    #[inline(always)]
+    fn known(p: &Parser<'_>, first: u8) -> Option<(usize, usize)> {
+        match first {
+            b't' if p.key_is(b"type\"") => Some((TYPE, 5)),
+            b't' if p.key_is(b"ts\"") => Some((TS, 3)),
+            b'e' if p.key_is(b"event_id\"") => Some((EVENT_ID, 9)),
+            b'u' if p.key_is(b"user_id\"") => Some((USER_ID, 8)),
+            b'c' if p.key_is(b"creator_id\"") => Some((CREATOR_ID, 11)),
+            b'c' if p.key_is(b"content_id\"") => Some((CONTENT_ID, 11)),
+            b'c' if p.key_is(b"currency\"") => Some((CURRENCY, 9)),
+            b'p' if p.key_is(b"product_id\"") => Some((PRODUCT_ID, 11)),
+            b's' if p.key_is(b"surface\"") => Some((SURFACE, 8)),
+            b'o' if p.key_is(b"order_id\"") => Some((ORDER_ID, 9)),
+            b'i' if p.key_is(b"items\"") => Some((ITEMS, 6)),
+            _ => None,
+        }
     }
-    let k = key.as_bytes();
-    let (slot, name): (usize, &[u8]) = match (k.len(), k.first()) {
-        (2, _) => (TS, b"ts"),
-        (4, _) => (TYPE, b"type"),
-        (5, _) => (ITEMS, b"items"),
-        (7, Some(b'u')) => (USER_ID, b"user_id"),
-        (7, _) => (SURFACE, b"surface"),
-        (8, Some(b'e')) => (EVENT_ID, b"event_id"),
-        (8, Some(b'o')) => (ORDER_ID, b"order_id"),
-        (8, _) => (CURRENCY, b"currency"),
-        (10, Some(b'p')) => (PRODUCT_ID, b"product_id"),
-        (10, _) if k.get(1) == Some(&b'r') => (CREATOR_ID, b"creator_id"),
-        (10, _) => (CONTENT_ID, b"content_id"),
-        _ => return usize::MAX,
-    };
-    let same = match name.len() {
-        2 => is::<2>(k, b"ts"),
-        4 => is::<4>(k, b"type"),
-        5 => is::<5>(k, b"items"),
-        7 => name.try_into().is_ok_and(|n: &[u8; 7]| is(k, n)),
-        8 => name.try_into().is_ok_and(|n: &[u8; 8]| is(k, n)),
-        _ => name.try_into().is_ok_and(|n: &[u8; 10]| is(k, n)),
-    };
-    if same {
-        slot
-    } else {
-        usize::MAX
+}
+
+/// An item of `items`, in the reference decoder's slot order.
+struct ItemFields;
+
+impl Fields for ItemFields {
+    #[inline(always)]
+    fn known(p: &Parser<'_>, first: u8) -> Option<(usize, usize)> {
+        match first {
+            b'p' if p.key_is(b"product_id\"") => Some((0, 11)),
+            b'q' if p.key_is(b"quantity\"") => Some((1, 9)),
+            b'u' if p.key_is(b"unit_price\"") => Some((2, 11)),
+            b'c' if p.key_is(b"category\"") => Some((3, 9)),
+            _ => None,
+        }
     }
 }
 
 /// The event in `raw` if it is plain JSON and a valid event; `None` sends it to the
 /// reference decoder (which also decides every rejection).
 pub(super) fn decode(raw: &[u8], limits: &DecodeLimits) -> Option<Event> {
-    // An event with items is 3 deep; tighter limits are the reference's business.
-    if limits.max_depth < 3 {
+    // An event with items is 3 deep; tighter limits are the reference's business. No
+    // event is shorter than a word, which the word-wise reads below rely on.
+    if limits.max_depth < 3 || raw.len() < 8 {
         return None;
     }
     let text = std::str::from_utf8(raw).ok()?;
     let mut p = Parser { text, b: raw, i: 0 };
     let mut f: [Option<V<'_>>; 11] = [None; 11];
-    let mut items: [ItemSlots<'_>; INLINE_ITEMS] = [[None; 4]; INLINE_ITEMS];
+    // Cleared only for an event with items: 64 slots are most of the set-up otherwise.
+    let mut items: Option<[ItemSlots<'_>; INLINE_ITEMS]> = None;
     p.ws();
     p.eat(b'{')?;
     p.ws();
     if p.eat(b'}').is_some() {
         return None; // no type: the reference says so
     }
+    let mut slot = p.key::<EventFields>()?;
     loop {
-        let key = p.key()?;
-        let slot = slot_of(key);
-        let v = if p.peek()? == b'[' {
-            if slot != ITEMS {
-                return None;
-            }
-            V::Items(p.items(&mut items)?)
-        } else {
-            p.scalar()?
+        let v = match p.peek()? {
+            b'[' if slot == ITEMS => V::Items(p.items(items.insert([[None; 4]; INLINE_ITEMS]))?),
+            _ => p.scalar()?,
         };
         if let Some(s) = f.get_mut(slot) {
             if s.replace(v).is_some() {
                 return None;
             }
         }
-        if !p.next_member()? {
-            break;
+        match p.next_key::<EventFields>()? {
+            Some(next) => slot = next,
+            None => break,
         }
     }
     p.ws();
@@ -298,7 +394,11 @@ pub(super) fn decode(raw: &[u8], limits: &DecodeLimits) -> Option<Event> {
     event(&f, &items, limits)
 }
 
-fn event(f: &[Option<V<'_>>; 11], items: &[ItemSlots<'_>; INLINE_ITEMS], limits: &DecodeLimits) -> Option<Event> {
+fn event(
+    f: &[Option<V<'_>>; 11],
+    items: &Option<[ItemSlots<'_>; INLINE_ITEMS]>,
+    limits: &DecodeLimits,
+) -> Option<Event> {
     let max_id = limits.max_id_bytes;
     let Some(V::Str(ty)) = f[TYPE] else { return None };
     let event_id = req_id(f[EVENT_ID], max_id)?;
@@ -309,7 +409,9 @@ fn event(f: &[Option<V<'_>>; 11], items: &[ItemSlots<'_>; INLINE_ITEMS], limits:
             let kind = if ty == "view" { TouchKind::View } else { TouchKind::Click };
             let creator_id = req_id(f[CREATOR_ID], max_id)?;
             let product_id = opt_id(f[PRODUCT_ID], max_id)?;
-            opt_id(f[CONTENT_ID], max_id)?;
+            if !opt_id_valid(f[CONTENT_ID], max_id) {
+                return None;
+            }
             let surface = opt_id(f[SURFACE], max_id)?;
             Some(Event::Touch(Touch { kind, event_id, ts, user_id, creator_id, product_id, surface }))
         }
@@ -321,7 +423,7 @@ fn event(f: &[Option<V<'_>>; 11], items: &[ItemSlots<'_>; INLINE_ITEMS], limits:
             if n == 0 || n > limits.max_items {
                 return None;
             }
-            let items = items[..n].iter().map(|s| purchase_item(s, max_id)).collect::<Option<Vec<_>>>()?;
+            let items = items.as_ref()?[..n].iter().map(|s| purchase_item(s, max_id)).collect::<Option<Vec<_>>>()?;
             Some(Event::Purchase(Purchase { event_id, ts, user_id, order_id, currency, items }))
         }
         "refund" => {
@@ -329,7 +431,7 @@ fn event(f: &[Option<V<'_>>; 11], items: &[ItemSlots<'_>; INLINE_ITEMS], limits:
             let items = match f[ITEMS] {
                 None | Some(V::Null) => None,
                 Some(V::Items(n)) if n > 0 && n <= limits.max_items => {
-                    Some(items[..n].iter().map(|s| refund_item(s, max_id)).collect::<Option<Vec<_>>>()?)
+                    Some(items.as_ref()?[..n].iter().map(|s| refund_item(s, max_id)).collect::<Option<Vec<_>>>()?)
                 }
                 Some(_) => return None,
             };
@@ -371,6 +473,17 @@ fn opt_id(v: Option<V<'_>>, max_id: usize) -> Option<Option<Str>> {
     match v {
         None | Some(V::Null) => Some(None),
         v => req_id(v, max_id).map(Some),
+    }
+}
+
+/// Whether [`opt_id`] accepts `v`, without building the id (`content_id` is checked,
+/// not kept).
+#[inline]
+fn opt_id_valid(v: Option<V<'_>>, max_id: usize) -> bool {
+    match v {
+        None | Some(V::Null) => true,
+        Some(V::Str(s)) => !s.is_empty() && s.len() <= max_id,
+        Some(_) => false,
     }
 }
 
@@ -428,6 +541,24 @@ mod tests {
         assert!(fast_hits > 25_000, "{fast_hits}");
     }
 
+    #[test]
+    fn word_digits_match_a_byte_loop() {
+        let mut words: Vec<[u8; 8]> = vec![*b"12345678", *b"1234567x", *b"0\0\0\0\0\0\0\0", *b"9/:09\xb0\xba\xff"];
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                let mut w = *b"98765432";
+                w[at] = b;
+                words.push(w);
+            }
+        }
+        for w in words {
+            let k = w.iter().take_while(|b| b.is_ascii_digit()).count();
+            assert_eq!(leading_digits(u64::from_le_bytes(w)), k, "{w:?}");
+            let n = w[..k].iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+            assert_eq!(digits_value(u64::from_le_bytes(w), k), n, "{w:?}");
+        }
+    }
+
     const TEMPLATES: [&str; 5] = [
         r#"{"type":"click","event_id":"k-1","ts":1764400000000,"user_id":"u-42","creator_id":"c-7","product_id":"p-3","content_id":"x","surface":"video"}"#,
         r#"{"type":"view","event_id":"v","ts":"2025-11-29T07:06:40.5+01:00","user_id":"u","creator_id":"c","product_id":null,"n":[1]}"#,
@@ -448,6 +579,18 @@ mod tests {
             ("\"ts\":1764400000000", "\"ts\":999999999999999999"),
             ("\"ts\":1764400000000", "\"ts\":253402300799999"),
             ("\"ts\":1764400000000", "\"ts\":253402300800000"),
+            ("\"ts\":1764400000000", "\"ts\":0"),
+            ("\"ts\":1764400000000", "\"ts\":00"),
+            ("\"ts\":1764400000000", "\"ts\":12345678"),
+            ("\"ts\":1764400000000", "\"ts\":1234567890123456"),
+            ("\"ts\":1764400000000", "\"ts\":12345678901234567"),
+            ("\"ts\":1764400000000", "\"ts\":123456789012345678"),
+            ("\"ts\":1764400000000", "\"ts\":1234567890123456789"),
+            ("\"ts\":1764400000000", "\"ts\":12345678e"),
+            ("\"ts\":1764400000000", "\"ts\":1234567812345678."),
+            ("\"unit_price\":1999", "\"unit_price\":99999999999999999"),
+            ("\"unit_price\":1999", "\"unit_price\":1999 "),
+            ("\"unit_price\":1999", "\"unit_price\":19990000000"),
             ("\"ts\":1764400000000", "\"ts\":\"2025-11-29T07:06:40Z\""),
             ("\"ts\":1764400000000", "\"ts\":true"),
             ("u-42", "u\\u0041"),
@@ -482,6 +625,18 @@ mod tests {
             ("\"category\":\"beauty\"", "\"category\":\"123456789\""),
             ("\"items\":null", "\"items\":[]"),
             ("\"items\":null", "\"items\":\"all\""),
+            // Keys one byte off a known one, and known keys spaced out.
+            ("\"type\"", "\"typ\""),
+            ("\"type\"", "\"types\""),
+            ("\"ts\"", "\"t\""),
+            ("\"ts\"", "\"tsx\""),
+            ("\"event_id\"", "\"event_i\""),
+            ("\"creator_id\"", "\"creator_idd\""),
+            ("\"creator_id\"", "\"content_id\""),
+            ("\"quantity\"", "\"quantit\""),
+            ("\"quantity\"", "\"quantity\\u0020\""),
+            ("\"user_id\":", "\"user_id\" \t:\n "),
+            ("\"type\":", "\"type\" "),
         ];
         for t in TEMPLATES {
             for (from, to) in edits {
@@ -500,6 +655,11 @@ mod tests {
                 )
                 .as_bytes(),
             );
+        }
+        // Strings and numbers that run into the end of the input.
+        for short in [&b"{\"ts\":1"[..], b"{\"ts\":\"", b"{\"ts\"", b"{\"", b"{\"type\":\"view", b"{\"type\":\"view\"}"]
+        {
+            agrees(short);
         }
         agrees(b"{}");
         agrees(b"");
