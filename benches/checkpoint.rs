@@ -103,7 +103,7 @@ fn restore(items: &[StateItem], processing: &Processing) -> (TaskState, u64) {
     }
     let bytes = part.bytes;
     let committed = Committed { offsets: vec![None], seq: Some(1) };
-    let routing = Routing { partition: 0, partitioner: Partitioner::Murmur2, partitions: 1 };
+    let routing = Routing { partition: 0, partitioner: Partitioner::Murmur2, partitions: 1, sources: 0 };
     let (state, _) = rebuild(
         &mut MemoryInputs::new(vec![Vec::new()]),
         part,

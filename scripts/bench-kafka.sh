@@ -11,6 +11,9 @@
 #   (b) `attrib run --stop-at-end`, exactly-once (its own group, transactional id and
 #       output, dead-letter and state topics): events/s from its `caught up` log line;
 #   (c) the same with kafka.exactly_once = false;
+#   (r) (b) with kafka.repartition = true: the same inputs re-keyed through the worker's
+#       re-key stage and internal topic first (SPEC 8.6), so (r) against (b) is what
+#       repartitioning costs (skip with BENCH_REPARTITION=0);
 # then the latency runs: a worker on empty fresh topics, `attrib produce --rate R` with
 # R = half of (b)'s rate for BENCH_LATENCY_SECS of events, SIGTERM, and the worker's
 # `processing latency` log line; exactly-once on, then off.
@@ -36,6 +39,7 @@
 #                       always-empty refunds topic must count as idle first, see latency_run)
 #   BENCH_TIMEOUT       seconds any one worker run may take (default 1800)
 #   BENCH_KEEP_TOPICS   1: keep the topics and groups (default 0)
+#   BENCH_REPARTITION   0: skip the repartitioning run (r) (default 1)
 # Other ATTRIB__* variables reach the workers unchanged, e.g.
 # ATTRIB__KAFKA__SNAPSHOT_INTERVAL=1h scripts/bench-kafka.sh.
 set -euo pipefail
@@ -64,6 +68,7 @@ ALO_LATENCY=${BENCH_ALO_LATENCY:-1}
 IDLE_WAIT=${BENCH_IDLE_WAIT:-35}
 RUN_TIMEOUT=${BENCH_TIMEOUT:-1800}
 KEEP_TOPICS=${BENCH_KEEP_TOPICS:-0}
+REPARTITION=${BENCH_REPARTITION:-1}
 PARTITIONS=4
 
 RUN_ID="bench-$(date -u +%Y%m%d%H%M%S)-$$"
@@ -192,7 +197,7 @@ if [[ $SECURE == yes ]]; then
     for k in "${INPUT_KINDS[@]}"; do to_create+=("$(topic "sin-$k")"); done
     for r in eo sec; do to_create+=("$(topic "$r-commissions")" "$(topic "$r-dlq")"); done
 else
-    for r in eo alo; do to_create+=("$(topic "$r-commissions")" "$(topic "$r-dlq")"); done
+    for r in eo alo rp; do to_create+=("$(topic "$r-commissions")" "$(topic "$r-dlq")"); done
     for r in "${latency_runs[@]}"; do
         for k in "${INPUT_KINDS[@]}"; do to_create+=("$(topic "lat$r-$k")"); done
         to_create+=("$(topic "lat$r-commissions")" "$(topic "lat$r-dlq")")
@@ -322,12 +327,14 @@ fi
 # ---------------------------------------------------------------------------
 # (b), (c): the worker catching up on the same inputs.
 
-# Sets RUN_EVENTS RUN_SECS RUN_RATE RUN_WALL RUN_RECORDS.
+# Sets RUN_EVENTS RUN_SECS RUN_RATE RUN_WALL RUN_RECORDS. EXTRA_WENV: more worker settings.
+EXTRA_WENV=()
 catch_up() { # catch_up SET EXACTLY_ONCE [secure]
     local set=$1 eo=$2 log="$OUT/$1-worker.log"
     worker_env "$set" in
     WENV+=("ATTRIB__KAFKA__EXACTLY_ONCE=$eo")
     [[ ${3:-} == secure ]] && WENV+=("${SECURE_ENV[@]}")
+    WENV+=("${EXTRA_WENV[@]}")
     note_command env "${WENV[@]}" "$ATTRIB" run --stop-at-end
     local started=$EPOCHREALTIME secret=()
     [[ ${3:-} == secure ]] && secret=("ATTRIB__KAFKA__CLIENT__SASL_PASSWORD=$SECURE_PASSWORD")
@@ -432,6 +439,20 @@ catch_up alo false
 C_EVENTS=$RUN_EVENTS C_SECS=$RUN_SECS C_RATE=$RUN_RATE C_WALL=$RUN_WALL C_RECORDS=$RUN_RECORDS
 say "(c) $C_EVENTS events in $C_SECS s = $C_RATE events/s (process $C_WALL s, records $C_RECORDS)"
 
+R_EVENTS= R_SECS= R_RATE= R_WALL= R_RECORDS=
+if [[ $REPARTITION == 1 ]]; then
+    # The re-key stage's consumer group and internal topic (<group>-repartition, under
+    # RUN_ID, so the topic cleanup takes it too).
+    GROUPS_USED+=("$(topic "rp-group")-repartitioner")
+    say "(r) attrib run --stop-at-end, exactly-once, kafka.repartition = true"
+    EXTRA_WENV=("ATTRIB__KAFKA__REPARTITION=true")
+    catch_up rp true
+    EXTRA_WENV=()
+    R_EVENTS=$RUN_EVENTS R_SECS=$RUN_SECS R_RATE=$RUN_RATE R_WALL=$RUN_WALL R_RECORDS=$RUN_RECORDS
+    say "(r) $R_EVENTS events in $R_SECS s = $R_RATE events/s (process $R_WALL s, records $R_RECORDS)"
+    [[ $R_RECORDS == "$B_RECORDS" ]] || say "(r) wrote $R_RECORDS records, (b) $B_RECORDS: they should be equal"
+fi
+
 MACHINE_LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------
@@ -507,9 +528,16 @@ fmt_int() { awk -v n="$1" 'BEGIN { if (n == "") { print "n/a"; exit } s = sprint
     echo "| (a) kafka_count (plain consumer, counts only) | $(fmt_int "$A_MSGS") | $A_SECS | $(fmt_int "$A_RATE") | 1.00 |"
     echo "| (b) attrib run --stop-at-end, exactly-once | $(fmt_int "$B_EVENTS") | $B_SECS | $(fmt_int "$B_RATE") | $(ratio "$B_RATE" "$A_RATE") |"
     echo "| (c) attrib run --stop-at-end, exactly_once = false | $(fmt_int "$C_EVENTS") | $C_SECS | $(fmt_int "$C_RATE") | $(ratio "$C_RATE" "$A_RATE") |"
+    if [[ -n $R_RATE ]]; then
+        echo "| (r) (b) with kafka.repartition = true | $(fmt_int "$R_EVENTS") | $R_SECS | $(fmt_int "$R_RATE") | $(ratio "$R_RATE" "$A_RATE") |"
+    fi
     echo
     echo "(b) and (c): from the worker's \`caught up\` line; whole process (start, join, restore,"
     echo "catch-up, final commit, exit): (b) $B_WALL s, (c) $C_WALL s. Records written: (b) $B_RECORDS, (c) $C_RECORDS."
+    if [[ -n $R_RATE ]]; then
+        echo "(r): process $R_WALL s, records $R_RECORDS; repartitioning runs at $(ratio "$R_RATE" "$B_RATE") of (b)'s rate"
+        echo "(its \`caught up\` line comes once the joiner has heard every source partition idle at its end)."
+    fi
     echo
     echo "Latency ($LATENCY_SECS s of events at $(fmt_int "$LATENCY_RATE") events/s = half of (b); worker running"
     echo "on empty fresh topics, then \`attrib produce --rate\`, then SIGTERM). Message received to its"

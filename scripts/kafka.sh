@@ -271,6 +271,10 @@ transaction.state.log.num.partitions=10
 # Tests and attrib expect explicit topics and a quick first rebalance.
 auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
+# Sessions down to 1 s (default minimum 6 s): the broker suite shows a restore longer
+# than max.poll.interval.ms does not evict a worker, and librdkafka wants that interval
+# at least the session timeout. A minimum only: workers default to 10 s.
+group.min.session.timeout.ms=1000
 
 # Messages up to 16 MiB (attrib must dead-letter 10 MB payloads, not choke).
 message.max.bytes=16777216

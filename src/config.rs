@@ -203,6 +203,15 @@ pub struct RawKafka {
     /// (at least once: a crash may repeat records). For benchmarks and for sinks that
     /// deduplicate by `commission_id` themselves.
     pub exactly_once: bool,
+    /// Re-key every input by `user_id` through the internal topic `<group_id>-repartition`
+    /// before joining (SPEC 8.6): inputs with any key and any partition count.
+    pub repartition: bool,
+    /// Partition count of the internal topic (and so of the joining stage's partition
+    /// groups and the state topic) with `repartition`; 0: the largest input's.
+    pub partitions: i64,
+    /// Threads that process partition groups (decoding, the engines, encoding); 0: one
+    /// per core. The poll thread is one of them.
+    pub threads: i64,
     /// Passed to librdkafka as is (may hold secrets: never logged).
     pub client: BTreeMap<String, String>,
 }
@@ -226,6 +235,9 @@ impl Default for RawKafka {
             read_ahead: "30s".into(),
             shutdown_timeout: "10s".into(),
             exactly_once: true,
+            repartition: false,
+            partitions: 0,
+            threads: 0,
             client: BTreeMap::new(),
         }
     }
@@ -250,6 +262,8 @@ impl std::fmt::Debug for RawKafka {
             .field("read_ahead", &self.read_ahead)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("exactly_once", &self.exactly_once)
+            .field("repartition", &self.repartition)
+            .field("partitions", &self.partitions)
             .field("client", &redacted(&self.client))
             .finish()
     }
@@ -297,6 +311,8 @@ pub struct Config {
     pub partitioner: crate::routing::Partitioner,
     /// See `kafka.read_ahead`.
     pub read_ahead: Millis,
+    /// `kafka.threads`, with 0 resolved to the number of cores.
+    pub threads: usize,
     /// See `limits.max_live_touches`.
     pub max_live_touches: usize,
     /// See `limits.max_pending_purchases`.
@@ -528,6 +544,24 @@ impl RawConfig {
         if transaction_timeout > Duration::from_secs(900) {
             return Err(invalid("kafka.transaction_timeout", "must be at most 15m (the broker's default maximum)"));
         }
+        if k.partitions < 0 || k.partitions > 100_000 {
+            return Err(invalid(
+                "kafka.partitions",
+                format!("{} is not a partition count (1 to 100000, or 0: the largest input's)", k.partitions),
+            ));
+        }
+        if !(0..=1024).contains(&k.threads) {
+            return Err(invalid(
+                "kafka.threads",
+                format!("{} is not a thread count (1 to 1024, or 0: one per core)", k.threads),
+            ));
+        }
+        if k.partitions > 0 && !k.repartition {
+            return Err(invalid(
+                "kafka.partitions",
+                "is the internal topic's partition count and only applies with kafka.repartition = true",
+            ));
+        }
         let mut kafka = k.clone();
         let transactional_id_auto = kafka.transactional_id.is_empty();
         let partitioner = crate::routing::Partitioner::parse(&k.partitioner).ok_or_else(|| {
@@ -561,6 +595,10 @@ impl RawConfig {
             transactional_id_auto,
             partitioner,
             read_ahead: duration("kafka.read_ahead", &k.read_ahead)?,
+            threads: match k.threads {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n as usize,
+            },
             max_live_touches: positive("limits.max_live_touches", l.max_live_touches)?,
             max_pending_purchases: positive("limits.max_pending_purchases", l.max_pending_purchases)?,
             metrics_listen: match self.metrics.listen.trim() {
@@ -638,6 +676,12 @@ mod tests {
         assert!(
             err("[attribution.surface.live]\nclick_window = \"x\"").contains("attribution.surface.live.click_window")
         );
+        assert!(err("[kafka]\nrepartition = true\npartitions = -1").contains("kafka.partitions"));
+        assert!(err("[kafka]\nthreads = -1").contains("kafka.threads"));
+        assert!(err("[kafka]\npartitions = 8").contains("kafka.repartition = true"), "partitions without repartition");
+        let c = Config::from_toml("[kafka]\nrepartition = true\npartitions = 8").unwrap();
+        assert!(c.kafka.repartition);
+        assert_eq!(c.kafka.partitions, 8);
         let unknown = err("[attribution]\nmodle = \"linear\"");
         assert!(unknown.contains("modle"), "{unknown}");
         let unknown_section = err("[atribution]\nmodel = \"linear\"");

@@ -256,6 +256,21 @@ impl Pipeline {
         self.advance(sink);
     }
 
+    /// Watermark progress of input `input` reported by an upstream stage (the re-key
+    /// stage's markers, SPEC 8.6): its largest event time so far, and whether it is idle.
+    /// No event: nothing is counted and the engine's own event time does not move.
+    pub fn mark<S: Sink + ?Sized>(&mut self, input: usize, max_ts: Option<Millis>, idle: bool, sink: &mut S) {
+        // Progress first, then idleness, as if the events had come and the input then
+        // gone quiet: an input that reports its last event time and goes idle in one
+        // marker must still move the watermark to it when it is the last one active.
+        if let Some(ts) = max_ts {
+            self.watermarks.observe(input, ts);
+            self.advance(sink);
+        }
+        self.watermarks.set_idle(input, idle);
+        self.advance(sink);
+    }
+
     /// Input `input` has ended.
     pub fn finish_input<S: Sink + ?Sized>(&mut self, input: usize, sink: &mut S) {
         self.watermarks.finish(input);

@@ -2,6 +2,7 @@
 //! (delivery reports, statistics), the topics the worker creates, and the host-local
 //! transactional id slot.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,22 @@ pub fn client_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// Consumer fetch settings chosen for throughput (the worker's, the restore and the re-key
+/// stage's consumers; `[kafka.client]` overrides them). librdkafka's defaults fetch at most
+/// 1 MiB per partition per request and refill the local queue below 100,000 messages;
+/// with 16 input partitions of ~150-byte events an exactly-once catch-up of 1M events
+/// then spent 3.2 s of 7.4 s waiting in `poll` (124k–135k events/s; 151k–217k with these
+/// settings passed through `[kafka.client]`, same binary, this 2-core machine; see
+/// BENCHMARKS.md for `scripts/bench-kafka.sh` runs). `fetch.min.bytes` stays 1: a
+/// caught-up worker gets each message as soon as it is written.
+pub(super) fn fetch_for_throughput(c: &mut ClientConfig) {
+    c.set("max.partition.fetch.bytes", "8388608")
+        .set("fetch.max.bytes", "67108864")
+        .set("queued.min.messages", "200000")
+        // The whole prefetch queue of the consumer, over every partition.
+        .set("queued.max.messages.kbytes", "131072");
+}
+
 pub(crate) fn with_user_settings(mut c: ClientConfig, config: &Config) -> ClientConfig {
     for (k, v) in &config.kafka.client {
         c.set(k, v);
@@ -42,11 +59,44 @@ pub(super) struct ProducerCtx {
     pub(super) epoch: Instant,
     pub(super) latency: Mutex<Histogram<u64>>,
     pub(super) metrics: Arc<Metrics>,
+    /// Without transactions: messages sent and delivered (or failed) per counting slot
+    /// (see [`COUNTED`]): two alternating commit epochs of output, and the state items.
+    pub(super) sent: [AtomicU64; 3],
+    pub(super) delivered: [AtomicU64; 3],
 }
 
 /// Delivery opaque bit marking a record that carries the receive stamp (nanoseconds
-/// since the epoch) of the message that made it, in the other bits.
+/// since the epoch) of the message that made it, in the low bits.
 pub(super) const RECORD_TAG: usize = 1 << 63;
+
+/// Delivery opaque bit marking a message whose delivery is counted (no transactions
+/// only), in the slot held by the two bits under it ([`COUNT_SLOT_SHIFT`]). An
+/// at-least-once commit writes its log entries once every record of its epoch is
+/// delivered, while the next epoch's records are already being sent.
+pub(super) const COUNTED: usize = 1 << 62;
+pub(super) const COUNT_SLOT_SHIFT: u32 = 60;
+/// The slot of state items (log entries, checkpoints).
+pub(super) const STATE_SLOT: usize = 2;
+
+impl ProducerCtx {
+    /// The opaque bits that count a message in `slot`.
+    pub(super) fn count_tag(slot: usize) -> usize {
+        COUNTED | (slot << COUNT_SLOT_SHIFT)
+    }
+
+    /// A message tagged with `opaque` was handed to the producer (delivery reports are
+    /// served on the thread that sends, in `poll` or `flush`, so never before this).
+    pub(super) fn sent(&self, opaque: usize) {
+        if opaque & COUNTED != 0 {
+            self.sent[(opaque >> COUNT_SLOT_SHIFT) & 3].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every message counted in `slot` is delivered (or failed).
+    pub(super) fn all_delivered(&self, slot: usize) -> bool {
+        self.delivered[slot].load(Ordering::Acquire) >= self.sent[slot].load(Ordering::Relaxed)
+    }
+}
 
 impl ClientContext for ProducerCtx {}
 
@@ -56,14 +106,21 @@ impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        if let Err((e, _)) = result {
+            // Noted before the count, so whoever sees the count sees the failure.
+            self.failures.lock().expect("not poisoned").push(e.to_string());
+        }
+        if tag & COUNTED != 0 {
+            self.delivered[(tag >> COUNT_SLOT_SHIFT) & 3].fetch_add(1, Ordering::Release);
+        }
         match result {
             Ok(_) if tag & RECORD_TAG != 0 => {
-                let took = (self.epoch.elapsed().as_nanos() as u64).saturating_sub((tag & !RECORD_TAG) as u64);
+                let stamp = tag & ((1 << COUNT_SLOT_SHIFT) - 1);
+                let took = (self.epoch.elapsed().as_nanos() as u64).saturating_sub(stamp as u64);
                 self.latency.lock().expect("not poisoned").saturating_record(took / 1000);
                 self.metrics.observe_latency(Duration::from_nanos(took));
             }
-            Ok(_) => {}
-            Err((e, _)) => self.failures.lock().expect("not poisoned").push(e.to_string()),
+            _ => {}
         }
     }
 }
@@ -96,7 +153,7 @@ impl ClientContext for ConsumerCtx {
             for (p, part) in &t.partitions {
                 // Statistics list every partition of the topic; a revoked one keeps its
                 // last offsets and must not bring its series back.
-                let assigned = core.tasks.contains_key(p) || core.unrestored.contains(p);
+                let assigned = core.tasks.contains_key(p) || core.unrestored.contains(p) || core.away.contains(p);
                 if let Some(lag) = consumer_lag(part).filter(|_| assigned) {
                     core.observe.metrics.set_consumer_lag(topic, *p, lag);
                 }
@@ -143,68 +200,133 @@ where
     }
 }
 
-/// Checks the inputs are co-partitioned and creates the state topic if missing.
-pub(super) fn prepare_topics(config: &Config) -> Result<i32, WorkerError> {
+/// How the worker's topics are laid out, as [`prepare_topics`] found (or made) them.
+#[derive(Clone, Debug)]
+pub(super) struct Layout {
+    /// Partition count of what the joining stage reads (the inputs, or the internal
+    /// topic when repartitioning): one partition group per partition.
+    pub partitions: i32,
+    /// Every input topic with its partition count, in `kafka.input_topics` order.
+    pub inputs: Vec<(String, i32)>,
+}
+
+/// The internal topic the re-key stage writes and the joining stage reads.
+pub(crate) fn repartition_topic(config: &Config) -> String {
+    format!("{}-repartition", config.kafka.group_id)
+}
+
+/// The topics the joining stage reads: the inputs, or the internal topic.
+pub(crate) fn joined_topics(config: &Config) -> Vec<String> {
+    if config.kafka.repartition {
+        vec![repartition_topic(config)]
+    } else {
+        config.kafka.input_topics.clone()
+    }
+}
+
+/// Checks the inputs are co-partitioned (or creates the internal topic to re-key them
+/// through, `kafka.repartition`) and creates the state topic if missing.
+pub(super) fn prepare_topics(config: &Config) -> Result<Layout, WorkerError> {
     let probe: BaseConsumer =
         with_user_settings(client_config(config), config).create().map_err(WorkerError::kafka("creating a client"))?;
     let timeout = Duration::from_secs(30);
-    let mut counts = Vec::new();
-    for t in &config.kafka.input_topics {
+    let count = |t: &str| -> Result<i32, WorkerError> {
         let md = probe.fetch_metadata(Some(t), timeout).map_err(WorkerError::kafka("reading topic metadata"))?;
-        let n = md.topics().first().map_or(0, |m| if m.error().is_some() { 0 } else { m.partitions().len() });
+        Ok(md.topics().first().filter(|m| m.error().is_none()).map_or(0, |m| m.partitions().len() as i32))
+    };
+    let mut inputs = Vec::new();
+    for t in &config.kafka.input_topics {
+        let n = count(t)?;
         if n == 0 {
             return Err(WorkerError::Setup(format!("input topic {t:?} does not exist (kafka.input_topics)")));
         }
-        counts.push(n as i32);
+        inputs.push((t.clone(), n));
     }
-    let n = counts[0];
-    if counts.iter().any(|&c| c != n) {
-        let listed: Vec<String> =
-            config.kafka.input_topics.iter().zip(&counts).map(|(t, c)| format!("{t} ({c} partitions)")).collect();
-        return Err(WorkerError::Setup(format!(
-            "input topics {} have different partition counts: the worker joins partition p of every input, so they \
-             must be co-partitioned by user_id with equal counts (SPEC 8.6). Re-create them with equal counts, \
-             keyed by user_id (kafka.repartition, which re-keys inputs through an internal topic, is not in this \
-             release yet) (kafka.input_topics)",
-            listed.join(", ")
-        )));
-    }
+    let largest = inputs.iter().map(|(_, n)| *n).max().unwrap_or(1);
+    let n = if config.kafka.repartition {
+        let want = if config.kafka.partitions > 0 { config.kafka.partitions as i32 } else { largest };
+        let topic = repartition_topic(config);
+        match count(&topic)? {
+            0 => {
+                // Events are at most limits.max_message_bytes; the producer allows more.
+                let max_bytes = STATE_MESSAGE_BYTES.to_string();
+                create_topic(config, &topic, want, &[("max.message.bytes", &max_bytes)])?;
+                info!(topic = %topic, partitions = want, "created the internal repartition topic");
+            }
+            have if have != want => {
+                return Err(WorkerError::Setup(format!(
+                    "internal topic {topic:?} has {have} partitions, kafka.partitions asks for {want} (kafka.partitions; \
+                     the internal topic and the state topic cannot change their partition count under a running \
+                     kafka.group_id: use a new one)"
+                )));
+            }
+            _ => {}
+        }
+        want
+    } else {
+        if inputs.iter().any(|(_, c)| *c != inputs[0].1) {
+            let listed: Vec<String> = inputs.iter().map(|(t, c)| format!("{t} ({c} partitions)")).collect();
+            return Err(WorkerError::Setup(format!(
+                "input topics {} have different partition counts: the worker joins partition p of every input, so \
+                 they must be co-partitioned by user_id with equal counts (SPEC 8.6). Set kafka.repartition = true to \
+                 re-key them by user_id through an internal topic (kafka.partitions partitions, default the largest \
+                 input's), or re-create them with equal counts, keyed by user_id (kafka.input_topics)",
+                listed.join(", ")
+            )));
+        }
+        inputs[0].1
+    };
     let state = &config.kafka.state_topic;
-    let md = probe.fetch_metadata(Some(state), timeout).map_err(WorkerError::kafka("reading topic metadata"))?;
-    let existing = md.topics().first().filter(|m| m.error().is_none()).map_or(0, |m| m.partitions().len() as i32);
+    let existing = count(state)?;
     if existing == 0 {
-        let admin: AdminClient<_> = with_user_settings(client_config(config), config)
-            .create()
-            .map_err(WorkerError::kafka("creating an admin client"))?;
         // Compacted: the latest record per key (shopper, group record, log entry) is the
         // state; tombstones remove gone shoppers and covered log entries.
         let max_bytes = STATE_MESSAGE_BYTES.to_string();
-        let topic = NewTopic::new(state, n, TopicReplication::Fixed(-1))
-            .set("cleanup.policy", "compact")
-            .set("max.message.bytes", &max_bytes)
-            .set("min.cleanable.dirty.ratio", "0.1")
-            .set("segment.ms", "3600000");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| WorkerError::Setup(format!("runtime: {e}")))?;
-        let results = rt
-            .block_on(admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(timeout))))
-            .map_err(WorkerError::kafka("creating the state topic"))?;
-        for r in results {
-            if let Err((name, code)) = r {
-                if code != RDKafkaErrorCode::TopicAlreadyExists {
-                    return Err(WorkerError::Setup(format!("creating state topic {name}: {code}")));
-                }
-            }
-        }
+        create_topic(
+            config,
+            state,
+            n,
+            &[
+                ("cleanup.policy", "compact"),
+                ("max.message.bytes", &max_bytes),
+                ("min.cleanable.dirty.ratio", "0.1"),
+                ("segment.ms", "3600000"),
+            ],
+        )?;
         info!(topic = %state, partitions = n, "created the state topic");
     } else if existing != n {
+        let what = if config.kafka.repartition { "the internal repartition topic has" } else { "the inputs have" };
         return Err(WorkerError::Setup(format!(
-            "state topic {state:?} has {existing} partitions, the inputs have {n} (kafka.state_topic)"
+            "state topic {state:?} has {existing} partitions, {what} {n} (kafka.state_topic)"
         )));
     }
-    Ok(n)
+    Ok(Layout { partitions: n, inputs })
+}
+
+/// Creates `name` with `partitions` partitions and `settings` (an existing one is fine).
+fn create_topic(config: &Config, name: &str, partitions: i32, settings: &[(&str, &str)]) -> Result<(), WorkerError> {
+    let admin: AdminClient<_> = with_user_settings(client_config(config), config)
+        .create()
+        .map_err(WorkerError::kafka("creating an admin client"))?;
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
+    for (k, v) in settings {
+        topic = topic.set(k, v);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| WorkerError::Setup(format!("runtime: {e}")))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results =
+        rt.block_on(admin.create_topics([&topic], &options)).map_err(WorkerError::kafka("creating a topic"))?;
+    for r in results {
+        if let Err((name, code)) = r {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(WorkerError::Setup(format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Claims the lowest free slot `n` for the default transactional id `<base>-<n>` with a

@@ -1,27 +1,17 @@
 //! Alignment and idleness: which input partitions are read (read-ahead, back-pressure),
 //! which count as idle for the watermark, and when a catch-up run is done.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::TopicPartitionList;
 use tracing::{info, warn};
 
 use super::client::ConsumerCtx;
-use super::output::LiveOut;
+use super::held::Queue;
 use super::{Core, WorkerError, HOLD_BYTES};
 
 impl Core {
-    /// Whether input partition `key` runs more than the allowed read-ahead past its
-    /// group's watermark.
-    pub(super) fn ahead(&self, (p, i): (i32, u8)) -> bool {
-        let Some(task) = self.tasks.get(&p) else { return false };
-        let w = &task.state.pipeline.watermarks();
-        w.current().is_some_and(|w0| w.max_ts(usize::from(i)) > w0.saturating_add(self.read_ahead_now))
-    }
-
     /// Event-time alignment: pauses an input partition whose events run more than
     /// `read_ahead` past its group's watermark, resumes it when the others catch up. A
     /// partition that is slow to deliver (a backlog, a large message) then cannot let the
@@ -56,38 +46,23 @@ impl Core {
             self.pressed = pressed;
         }
         self.read_ahead_now = if pressed { self.config.engine.max_out_of_orderness } else { self.config.read_ahead };
-        // Held messages whose input is no longer ahead go to the engine, in order, until
-        // it runs ahead again. Repeat while that lets another input move.
-        loop {
-            let mut moved = false;
-            let keys: Vec<(i32, u8)> = self.held.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| *k).collect();
-            for key in keys {
-                while !self.ahead(key) {
-                    let Some(msg) = self.held.get_mut(&key).and_then(VecDeque::pop_front) else { break };
-                    *self.held_bytes.entry(key).or_default() -= msg.payload().map_or(0, <[u8]>::len);
-                    let payload = msg.payload().unwrap_or_default();
-                    self.process(usize::from(key.1), key.0, msg.topic(), msg.offset(), payload)?;
-                    moved = true;
-                }
-            }
-            if !moved {
-                break;
-            }
-        }
+        // Held messages whose input is no longer ahead (the allowance may have changed,
+        // an input gone idle) go to the engine, in order, as in a batch.
+        self.run_batch()?;
         // The consumer fetches ahead-running partitions until they hold HOLD_BYTES, then
         // pauses them (a pause drops librdkafka's prefetched messages, which are fetched
         // again on resume: holding avoids that churn for short leads).
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
-        for (&key, &bytes) in &self.held_bytes {
-            if bytes >= HOLD_BYTES && self.paused.insert(key) {
+        for (&key, queue) in &self.held {
+            if queue.bytes() >= HOLD_BYTES && self.paused.insert(key) {
                 pause.add_partition(&self.inputs[usize::from(key.1)], key.0);
             }
         }
         let drained: Vec<(i32, u8)> = self
             .paused
             .iter()
-            .filter(|k| self.held_bytes.get(k).copied().unwrap_or(0) < HOLD_BYTES / 2)
+            .filter(|k| self.tasks.contains_key(&k.0) && self.held.get(k).map_or(0, Queue::bytes) < HOLD_BYTES / 2)
             .copied()
             .collect();
         for key in drained {
@@ -107,16 +82,27 @@ impl Core {
     /// to read: a partition that is merely behind (a backlog after a restart, a slow
     /// fetch) is not idle, or the watermark would overtake its events.
     pub(super) fn check_idle(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<(), WorkerError> {
+        if self.sources > 0 {
+            // Repartitioning: the watermark inputs are the source partitions, and their
+            // idleness comes from the re-key stage's markers, which sees them.
+            return Ok(());
+        }
         let idle_timeout = self.config.idle_timeout;
         let candidates: Vec<(i32, u8)> = self
             .last_seen
             .iter()
-            .filter(|(_, at)| at.elapsed() >= idle_timeout)
+            .filter(|(k, at)| at.elapsed() >= idle_timeout || self.at_end(**k))
             .map(|(k, _)| *k)
             .filter(|(p, i)| self.tasks.get(p).is_some_and(|t| !t.state.pipeline.watermarks().is_idle(usize::from(*i))))
             .collect();
         let mut due = Vec::new();
         for (p, i) in candidates {
+            if self.at_end((p, i)) {
+                // A catch-up run reads up to the end it was given and no further: an
+                // input partition that reached it has nothing more to come in this run.
+                due.push((p, i));
+                continue;
+            }
             let topic = &self.inputs[usize::from(i)];
             // The end offset the fetcher saw last (no round trip: this runs every loop
             // for every quiet partition); a broker query only when none is known yet.
@@ -141,15 +127,10 @@ impl Core {
         if due.is_empty() {
             return Ok(());
         }
-        self.ensure_txn()?;
+        self.begin_work()?;
         let received = self.stamp();
-        let Core { tasks, producer, config, records, open_stamps, hold, dead_letters, .. } = self;
         for (p, i) in due {
-            let mut out = LiveOut::new(producer, config, received, open_stamps, hold, dead_letters);
-            if let Some(task) = tasks.get_mut(&p) {
-                task.set_idle(usize::from(i), &mut out);
-            }
-            *records += out.records;
+            self.with_task_out(p, received, |task, out| task.set_idle(usize::from(i), out));
         }
         Ok(())
     }
@@ -157,12 +138,44 @@ impl Core {
     /// `--stop-at-end`: caught up, and every input idle, so the watermark has passed all
     /// that the input lets it pass (the tail of purchases is written before stopping).
     pub(super) fn finished(&self) -> bool {
-        self.caught_up()
-            && self.tasks.values().all(|t| (0..self.inputs.len()).all(|i| t.state.pipeline.watermarks().is_idle(i)))
+        self.caught_up() && self.all_idle()
+    }
+
+    /// Every watermark input of every group is idle.
+    fn all_idle(&self) -> bool {
+        self.tasks.values().all(|t| {
+            let w = t.state.pipeline.watermarks();
+            (0..w.len()).all(|i| w.is_idle(i))
+        })
+    }
+
+    /// `--stop-at-end`: input partition `key` has reached the end offset it had when its
+    /// group was restored, and holds no message back. It counts as idle at once (not after
+    /// `idle_timeout`): nothing more is read from it in this run, and `idle_timeout` would
+    /// mark it idle all the same, only later (in a long catch-up, while the others are
+    /// still being read). Waiting only delayed the exit.
+    pub(super) fn at_end(&self, (p, i): (i32, u8)) -> bool {
+        self.stop_at_end
+            && self.held.get(&(p, i)).is_none_or(Queue::is_empty)
+            && self.ends.get(&(p, i)).is_some_and(|(low, high)| {
+                self.tasks.get(&p).is_some_and(|t| t.state.positions[usize::from(i)].unwrap_or(*low) >= *high)
+            })
     }
 
     /// `--stop-at-end`: every assigned input partition has reached its end offset.
+    ///
+    /// Repartitioning: the internal topic has no end while the re-key stage writes to it.
+    /// The stage marks each source partition idle once it reached its end offset, and
+    /// that marker follows every event of the source in every internal partition: every
+    /// source idle is the end.
     pub(super) fn caught_up(&self) -> bool {
+        if self.sources > 0 {
+            return self.stop_at_end
+                && !self.tasks.is_empty()
+                && self.unrestored.is_empty()
+                && self.away.is_empty()
+                && self.all_idle();
+        }
         self.stop_at_end
             && !self.tasks.is_empty()
             && self.unrestored.is_empty()
@@ -174,7 +187,6 @@ impl Core {
     /// Resumes every paused partition (after an abort, state and alignment start over).
     pub(super) fn resume_all(&mut self, consumer: &BaseConsumer<ConsumerCtx>) {
         self.held.clear();
-        self.held_bytes.clear();
         let mut tpl = TopicPartitionList::new();
         for (p, i) in std::mem::take(&mut self.paused) {
             tpl.add_partition(&self.inputs[usize::from(i)], p);
@@ -190,7 +202,11 @@ impl Core {
 /// The low and high offsets of a partition as the consumer last saw them in a fetch
 /// response (`rd_kafka_get_watermark_offsets`: local, no broker round trip; the rdkafka
 /// crate only wraps the querying variant). `None` while unknown.
-pub(super) fn cached_watermarks(consumer: &BaseConsumer<ConsumerCtx>, topic: &str, p: i32) -> Option<(i64, i64)> {
+pub(super) fn cached_watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    p: i32,
+) -> Option<(i64, i64)> {
     let topic = std::ffi::CString::new(topic).ok()?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid while `consumer` lives; the topic is a valid

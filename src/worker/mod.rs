@@ -8,6 +8,13 @@
 //!   (and every `snapshot_interval` an incremental checkpoint) and the input offsets are
 //!   written in one Kafka transaction every `commit_interval`. Consumers of the output
 //!   read `read_committed`.
+//! - **Groups on every core** ([`batch`]): fetched messages are taken in batches, decoded
+//!   on `kafka.threads` threads, and each group's share runs as a job on one of them; a
+//!   batch is a barrier for everything below. Held messages wait in [`held`] queues.
+//! - **Pipelined commits** ([`txn`]): a commit fixes what it covers when it starts and
+//!   completes once the broker has acknowledged it; processing goes on meanwhile, its
+//!   output held for the next transaction. Commits start every `commit_interval` while
+//!   catching up, after a tenth of it once caught up.
 //! - **State after a restart or a rebalance** is rebuilt from the compacted state topic:
 //!   the latest checkpoint (one record per shopper), then the logged steps replayed over
 //!   the inputs up to the committed offsets (see [`state`]). The engine is deterministic
@@ -16,6 +23,16 @@
 //!   changed config logs every key that differs and applies the new one from there on.
 //! - **Routing** (SPEC 8.6): every event must sit on the partition its `user_id` maps to
 //!   under `kafka.partitioner`; others are dead-lettered as `misrouted`.
+//! - **Repartitioning** (`kafka.repartition`, SPEC 8.6): a re-key stage on its own thread
+//!   forwards every input to `<group_id>-repartition` by `user_id`, exactly once; this
+//!   loop then reads that topic, with one watermark input per source partition fed by the
+//!   stage's markers (see [`repartition`]).
+//! - **Restores run on a restore thread** ([`restore`]) while the poll loop keeps polling
+//!   (the group's input partitions paused). At a rebalance each group's state is kept in
+//!   memory after the handing-over commit; a group that comes back unchanged is kept, not
+//!   rebuilt.
+//! - **Checkpoints are encoded on a checkpoint thread** ([`checkpointer`]): the commit
+//!   hands a group due for one over whole, and its messages wait until it is back.
 //! - Any transaction failure that is not fatal aborts, throws away all in-memory state
 //!   and rebuilds it from Kafka; a fatal one (fenced producer) exits non-zero.
 //! - `kafka.exactly_once = false` drops the transactions: records are flushed, then the
@@ -30,24 +47,33 @@
 //!   hold (a purchase waits until the watermark passes it) is measured apart.
 //!
 //! Modules, one concern each: [`client`] (librdkafka settings, client contexts, topics,
-//! the transactional id), [`rebalance`] (hand-over and restore), [`flow`] (alignment,
+//! the transactional id), [`rebalance`] (hand-over and assignment), [`restore`] (the
+//! restore thread), [`checkpointer`] (the checkpoint thread), [`batch`] (groups processed
+//! in parallel), [`held`] (messages held in memory), [`flow`] (alignment,
 //! back-pressure and idleness), [`output`] (records and dead letters to the producer),
 //! [`txn`] (transactions and commits), [`state`] (the state topic's layout), [`task`]
-//! (one partition group's pipeline), [`preflight`] (start-up checks); this file holds
-//! the poll loop that drives them.
+//! (one partition group's pipeline), [`preflight`] (start-up checks), [`repartition`]
+//! (the re-key stage of `kafka.repartition`) and [`forward`] (its headers and watermark
+//! markers); this file holds the poll loop that drives them.
 
+mod batch;
+mod checkpointer;
 mod client;
 mod flow;
+pub mod forward;
+mod held;
 mod output;
 pub mod preflight;
 pub mod produce;
 mod rebalance;
+mod repartition;
 pub mod restate;
+mod restore;
 pub mod state;
 pub mod task;
 mod txn;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -55,22 +81,29 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::{error, info, warn};
 
+use self::checkpointer::Checkpointer;
 pub use self::client::client_config;
-use self::client::{claim_transactional_id, prepare_topics, ConsumerCtx, ProducerCtx, RestoreCtx};
+use self::client::{claim_transactional_id, prepare_topics, ConsumerCtx, ProducerCtx};
 pub(crate) use self::client::{send_waiting, with_user_settings};
-use self::output::{LiveOut, SampledLog};
+use self::forward::Forwarded;
+use self::output::{LiveOut, Route, SampledLog};
 use self::rebalance::rewind;
+use self::restore::{Handover, Restorer};
 use self::task::Task;
 use crate::config::Config;
 use crate::engine::Stats;
 use crate::metrics::{Health, Metrics};
 use crate::model::Millis;
 use crate::pipeline::Processing;
+
+/// The worker's maps, looked up for every message: keyed by partition (and input), so a
+/// fast hash (SipHash was 2 % of a catch-up).
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// How `attrib run` was started, besides the config.
 #[derive(Clone, Debug, Default)]
@@ -133,21 +166,40 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The clocks as read for a run of messages.
+#[derive(Clone, Copy)]
+struct Clock {
+    at: Instant,
+    /// Nanoseconds since the core's epoch (the receive stamp of a message).
+    stamp: u64,
+    /// Wall clock, whole seconds, in ms (the order log's step time).
+    second_ms: i64,
+}
+
 /// Everything the poll loop and the rebalance callbacks share.
 struct Core {
     config: Config,
     inputs: Vec<String>,
     producer: BaseProducer<ProducerCtx>,
-    restore_consumer: BaseConsumer<RestoreCtx>,
-    tasks: HashMap<i32, Task>,
+    tasks: Map<i32, Task>,
     /// Last message time per (group, input), for idleness.
-    last_seen: HashMap<(i32, u8), Instant>,
-    /// Assigned partition groups not yet restored.
+    last_seen: Map<(i32, u8), Instant>,
+    /// Assigned partition groups not yet restored (their input partitions are paused),
+    /// and those of them handed to the restore thread.
     unrestored: BTreeSet<i32>,
-    /// Messages of input partitions that ran ahead of their group's watermark, held in
-    /// arrival order until the others catch up, with their total size.
-    held: HashMap<(i32, u8), VecDeque<OwnedMessage>>,
-    held_bytes: HashMap<(i32, u8), usize>,
+    dispatched: BTreeSet<i32>,
+    restorer: Restorer,
+    /// Groups on the checkpoint thread ([`checkpointer`]): their messages are held until
+    /// they are back, before the commit in progress completes.
+    away: BTreeSet<i32>,
+    checkpointer: Checkpointer,
+    /// Groups given up at the last revocation, kept in case they come back.
+    parked: HashMap<i32, (Task, Handover)>,
+    /// Messages of input partitions that ran ahead of their group's watermark (or of a
+    /// group being restored or checkpointed), held in arrival order.
+    held: Map<(i32, u8), held::Queue>,
+    /// Messages taken from the consumer for the next batch ([`batch`]).
+    batch: batch::Batch,
     /// How far ahead of its group's watermark an input may be read right now
     /// (`kafka.read_ahead`, or `max_out_of_orderness` under back-pressure).
     read_ahead_now: Millis,
@@ -155,6 +207,13 @@ struct Core {
     paused: BTreeSet<(i32, u8)>,
     /// A transaction is open (exactly once) or something is waiting to be committed.
     in_txn: bool,
+    /// The commit in progress ([`txn`]): processing goes on meanwhile, its output held
+    /// in `deferred` for the next transaction, which `worked_while_closing` says it needs.
+    closing: Option<txn::Closing>,
+    deferred: output::Deferred,
+    worked_while_closing: bool,
+    /// Without transactions: the delivery-counting slot (0 or 1) of the output being sent.
+    epoch_slot: usize,
     /// An abort did not finish (timed out): it is retried before the next transaction.
     abort_pending: bool,
     last_commit: Instant,
@@ -162,10 +221,15 @@ struct Core {
     processing: Processing,
     /// Partition count of the inputs (for the routing check).
     partitions: i32,
+    /// With `kafka.repartition`: the number of source partitions (watermark inputs of
+    /// every group); 0 without.
+    sources: u32,
     records: u64,
     fatal: Option<WorkerError>,
     /// Time origin for message receive stamps (nanoseconds since `epoch`).
     epoch: Instant,
+    /// The clocks as last read ([`Core::tick`]).
+    clock: Clock,
     /// Receive stamps of the messages that made the records of the open transaction.
     open_stamps: Vec<u64>,
     /// Processing latency in µs (receive → commit), and the watermark hold in µs
@@ -191,6 +255,11 @@ struct Core {
     dead_letters: SampledLog,
     /// Where the poll loop's wall time goes: commits, and waiting for messages.
     commit_time: Duration,
+    /// From the start of each commit to its end (processing goes on meanwhile), and the
+    /// parts of it that block the poll thread: writing the state items, waiting for
+    /// delivery (rebalances and shutdown only), and the offsets plus the transaction
+    /// commit itself.
+    commit_phases: [Duration; 3],
     commits: u64,
     wait_time: Duration,
 }
@@ -200,48 +269,68 @@ impl Core {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// A message from the consumer: processed now, or held if its input partition runs
-    /// ahead of its group's watermark (or already holds earlier messages).
-    fn handle(&mut self, consumer: &BaseConsumer<ConsumerCtx>, msg: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
-        let Some(input) = self.inputs.iter().position(|t| t == msg.topic()) else { return Ok(()) };
-        let p = msg.partition();
-        if !self.tasks.contains_key(&p) {
-            self.unrestored.insert(p);
-            self.restore_pending(consumer)?;
-        }
-        let key = (p, input as u8);
-        let task = self.tasks.get(&p).expect("restored above");
-        if task.state.positions[input].is_some_and(|pos| msg.offset() < pos) {
-            return Ok(()); // already in the state (a re-delivery after a seek)
-        }
-        if self.held.get(&key).is_some_and(|q| !q.is_empty()) || self.ahead(key) {
-            *self.held_bytes.entry(key).or_default() += msg.payload_len();
-            self.held.entry(key).or_default().push_back(msg.detach());
-            self.last_seen.insert(key, Instant::now());
-            return Ok(());
-        }
-        self.process(input, p, msg.topic(), msg.offset(), msg.payload().unwrap_or_default())
+    /// Reads the clocks once for the next messages (up to [`LOOK_EVERY`]): three clock
+    /// reads per message were 4 % of a catch-up's profile.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        self.clock = Clock {
+            at: now,
+            stamp: now.duration_since(self.epoch).as_nanos() as u64,
+            second_ms: now_ms() / 1000 * 1000,
+        };
     }
 
-    /// Hands one input message to its partition group's task.
-    fn process(&mut self, input: usize, p: i32, topic: &str, offset: i64, payload: &[u8]) -> Result<(), WorkerError> {
-        self.ensure_txn()?;
-        let received = self.stamp();
-        let Core { tasks, producer, config, last_seen, records, open_stamps, hold, dead_letters, .. } = self;
-        let task = tasks.get_mut(&p).expect("processed groups are restored");
-        if task.state.positions[input].is_some_and(|pos| offset < pos) {
-            return Ok(()); // already in the state (a re-delivery after a seek)
+    /// The re-key stage's header of a message of the internal topic (`None` otherwise).
+    fn forwarded<M: Message>(&self, msg: &M) -> Option<Forwarded> {
+        if self.sources == 0 {
+            return None;
         }
-        self.handled += 1;
-        self.bytes_in += payload.len() as u64;
-        self.first_message.get_or_insert_with(Instant::now);
-        let mut out = LiveOut::new(producer, config, received, open_stamps, hold, dead_letters);
-        // Whole seconds: consecutive messages share a log step.
-        let now = now_ms() / 1000 * 1000;
-        task.on_message(input, topic, offset, payload, now, received, &mut out);
+        let headers = msg.headers()?;
+        Forwarded::from_headers(headers.iter().map(|h| (h.key, h.value)))
+    }
+
+    /// Runs `f` on group `p`'s task (`None`: not assigned) with the output of what it does
+    /// now: to the producer, or held for the next transaction while a commit is in
+    /// progress. Counts the records written.
+    fn with_task_out<R>(
+        &mut self,
+        p: i32,
+        received: u64,
+        f: impl FnOnce(&mut Task, &mut LiveOut<'_>) -> R,
+    ) -> Option<R> {
+        let (tasks, mut out, records) = self.outlet(received);
+        let task = tasks.get_mut(&p)?;
+        let result = f(task, &mut out);
         *records += out.records;
-        last_seen.insert((p, input as u8), Instant::now());
-        Ok(())
+        Some(result)
+    }
+
+    /// Sends what a group made in a batch ([`batch`]), as [`Core::with_task_out`] would
+    /// have.
+    fn send_buffered(&mut self, buffered: &output::Buffered) {
+        let (_, mut out, records) = self.outlet(0);
+        out.send_buffered(buffered);
+        *records += out.records;
+    }
+
+    /// The groups, and the live output of what is done now (records received at
+    /// `received`), with the count of records to add what it wrote to.
+    fn outlet(&mut self, received: u64) -> (&mut Map<i32, Task>, LiveOut<'_>, &mut u64) {
+        let Core {
+            tasks,
+            producer,
+            deferred,
+            closing,
+            epoch_slot,
+            config,
+            records,
+            open_stamps,
+            hold,
+            dead_letters,
+            ..
+        } = self;
+        let route = Route::new(config.kafka.exactly_once, closing.is_some(), deferred, *epoch_slot);
+        (tasks, LiveOut::new(producer, route, config, received, open_stamps, hold, dead_letters), records)
     }
 }
 
@@ -278,11 +367,15 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     } else {
         None
     };
-    let partitions = prepare_topics(&config)?;
+    let layout = prepare_topics(&config)?;
+    let partitions = layout.partitions;
+    let joined = client::joined_topics(&config);
+    let sources = if config.kafka.repartition { layout.inputs.iter().map(|(_, n)| *n as u32).sum() } else { 0 };
     info!(
         brokers = %config.kafka.brokers,
         group = %config.kafka.group_id,
-        inputs = ?config.kafka.input_topics,
+        inputs = ?layout.inputs,
+        joined = ?joined,
         partitions,
         kafka = ?config.kafka,
         "starting worker"
@@ -305,6 +398,8 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
             epoch,
             latency: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
             metrics: observe.metrics.clone(),
+            sent: Default::default(),
+            delivered: Default::default(),
         })
         .map_err(WorkerError::kafka("creating the producer"))?;
     if config.kafka.exactly_once {
@@ -314,36 +409,38 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     }
     observe.health.set_producer_ready(true);
 
-    let mut rc = client_config(&config);
-    rc.set("group.id", format!("{}-restore", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    let restore_consumer: BaseConsumer<RestoreCtx> = with_user_settings(rc, &config)
-        .create_with_context(RestoreCtx)
-        .map_err(WorkerError::kafka("creating the restore consumer"))?;
+    let restorer = Restorer::spawn(&config, Processing::from_config(&config), options.stop_at_end)?;
 
     let core = Arc::new(parking_lot::Mutex::new(Core {
-        inputs: config.kafka.input_topics.clone(),
+        inputs: joined.clone(),
         config: config.clone(),
         producer,
-        restore_consumer,
-        tasks: HashMap::new(),
-        last_seen: HashMap::new(),
+        tasks: Map::default(),
+        last_seen: Map::default(),
         unrestored: BTreeSet::new(),
-        held: HashMap::new(),
-        held_bytes: HashMap::new(),
+        dispatched: BTreeSet::new(),
+        restorer,
+        away: BTreeSet::new(),
+        checkpointer: Checkpointer::spawn(joined.clone())?,
+        parked: HashMap::new(),
+        held: Map::default(),
+        batch: batch::Batch::new(config.threads),
         read_ahead_now: config.read_ahead,
         paused: BTreeSet::new(),
         in_txn: false,
+        closing: None,
+        deferred: output::Deferred::default(),
+        worked_while_closing: false,
+        epoch_slot: 0,
         abort_pending: false,
         last_commit: Instant::now(),
         processing: Processing::from_config(&config),
         partitions,
+        sources,
         records: 0,
         fatal: None,
         epoch,
+        clock: Clock { at: epoch, stamp: 0, second_ms: now_ms() / 1000 * 1000 },
         open_stamps: Vec::new(),
         latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
         hold: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
@@ -358,6 +455,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         pressed: false,
         dead_letters: SampledLog { last: None, suppressed: 0 },
         commit_time: Duration::ZERO,
+        commit_phases: [Duration::ZERO; 3],
         commits: 0,
         wait_time: Duration::ZERO,
     }));
@@ -370,16 +468,24 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", config.session_timeout.as_millis().to_string());
+    client::fetch_for_throughput(&mut cc);
     if config.metrics_listen.is_some() {
         cc.set("statistics.interval.ms", "5000"); // consumer lag for the metrics
     }
     let consumer: BaseConsumer<ConsumerCtx> = with_user_settings(cc, &config)
         .create_with_context(ConsumerCtx { core: core.clone() })
         .map_err(WorkerError::kafka("creating the consumer"))?;
-    let topics: Vec<&str> = config.kafka.input_topics.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = joined.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(WorkerError::kafka("subscribing"))?;
 
-    let result = poll_loop(&consumer, &core, &config, &shutdown);
+    // SPEC 8.6: the re-key stage runs beside the joining stage, with its own consumer
+    // group and transactional producer.
+    let stage = if config.kafka.repartition {
+        Some(repartition::Stage::spawn(&config, &layout, options.stop_at_end)?)
+    } else {
+        None
+    };
+    let result = poll_loop(&consumer, &core, &shutdown, stage.as_ref());
     if result.is_ok() {
         // A graceful shutdown is bounded by kafka.shutdown_timeout: past it the process
         // exits without committing, and the next owner redoes the uncommitted part.
@@ -411,6 +517,23 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     }
     for (p, task) in &c.tasks {
         let s = &task.state;
+        let w = s.pipeline.watermarks();
+        if c.sources > 0 {
+            let idle = (0..w.len()).filter(|&i| w.is_idle(i)).count();
+            let slowest = (0..w.len()).filter(|&i| !w.is_idle(i)).map(|i| w.max_ts(i)).min();
+            info!(
+                group = p,
+                watermark = ?w.current(),
+                pending = s.pipeline.engine().pending(),
+                touches = s.pipeline.engine().live_touches(),
+                position = ?s.positions[0],
+                sources = w.len(),
+                idle_sources = idle,
+                slowest_source_max_ts = ?slowest,
+                "partition group at shutdown"
+            );
+            continue;
+        }
         let inputs: Vec<String> = (0..c.inputs.len())
             .map(|i| {
                 let idle = if s.pipeline.watermarks().is_idle(i) { " idle" } else { "" };
@@ -450,12 +573,18 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     info!(
         commits = c.commits,
         commit_secs = c.commit_time.as_secs_f64(),
+        state_secs = c.commit_phases[0].as_secs_f64(),
+        flush_blocked_secs = c.commit_phases[1].as_secs_f64(),
+        offsets_and_commit_secs = c.commit_phases[2].as_secs_f64(),
         poll_wait_secs = c.wait_time.as_secs_f64(),
-        "time spent committing and waiting for messages"
+        "time spent committing (start to end, overlapping processing; and the parts that block) and waiting for messages"
     );
     c.tasks.clear();
     drop(c);
     consumer.unsubscribe();
+    if let Some(stage) = stage {
+        stage.stop();
+    }
     info!(records = core.lock().records, "stopped");
     result
 }
@@ -469,16 +598,25 @@ const STATE_MESSAGE_BYTES: usize = 64 << 20;
 /// resumes below half of this).
 const HOLD_BYTES: usize = 16 << 20;
 
-/// Most messages handled between two looks at the clock, the idle check and the commit.
+/// Messages taken into a batch before it is processed ([`batch`]), at most.
+const BATCH: usize = 4_096;
+
+/// Most messages handled between two idle checks.
 const MAX_BATCH: usize = 10_000;
+
+/// Messages handled between two looks at the clock and the commit in progress.
+const LOOK_EVERY: usize = 64;
 
 fn poll_loop(
     consumer: &BaseConsumer<ConsumerCtx>,
     core: &Arc<parking_lot::Mutex<Core>>,
-    config: &Config,
     shutdown: &AtomicBool,
+    stage: Option<&repartition::Stage>,
 ) -> Result<(), WorkerError> {
     while !shutdown.load(Ordering::Relaxed) {
+        if let Some(e) = stage.and_then(repartition::Stage::failure) {
+            return Err(e);
+        }
         // Never hold the lock in poll(): rebalance callbacks take it.
         let waited = Instant::now();
         let mut polled = consumer.poll(Duration::from_millis(50));
@@ -504,26 +642,41 @@ fn poll_loop(
             return Ok(());
         }
         let step = (|| -> Result<(), WorkerError> {
-            c.restore_pending(consumer)?;
+            c.tick();
+            c.restore_pending()?;
+            c.serve_deliveries();
+            c.advance_commit(consumer, false)?;
             // Take what is already fetched, up to the commit deadline, before committing.
             // The lock is let go around every poll: a poll may run the rebalance
             // callbacks, which take it.
             let mut taken = 0;
-            while let Some(result) = polled {
+            let mut drained = true; // nothing more fetched: caught up with the inputs
+            while let Some(result) = polled.take() {
                 match result {
-                    Ok(msg) => c.handle(consumer, &msg)?,
+                    Ok(msg) => c.take(&msg),
                     Err(e) => warn!(error = %e, "consumer error"),
                 }
                 taken += 1;
-                if taken >= MAX_BATCH || c.last_commit.elapsed() >= config.commit_interval || !c.unrestored.is_empty() {
-                    break;
+                if taken % LOOK_EVERY == 0 {
+                    c.tick();
+                    if c.batch.len() >= BATCH {
+                        c.run_batch()?;
+                    }
+                    // A commit in progress finishes as soon as it is delivered, and the
+                    // next may be due.
+                    c.advance_commit(consumer, false)?;
+                    if taken >= MAX_BATCH || (c.closing.is_none() && c.commit_due(false)) {
+                        drained = false;
+                        break;
+                    }
                 }
                 polled = parking_lot::MutexGuard::unlocked(&mut c, || consumer.poll(Duration::ZERO));
             }
+            c.run_batch()?;
             c.check_idle(consumer)?;
             c.align(consumer)?;
-            if c.last_commit.elapsed() >= config.commit_interval {
-                c.commit(consumer, false)?;
+            if c.advance_commit(consumer, false)? && c.commit_due(drained) {
+                c.start_commit(false)?;
             }
             Ok(())
         })();
@@ -536,6 +689,7 @@ fn poll_loop(
             c.abort();
             c.resume_all(consumer);
             rewind(consumer, &c.inputs)?;
+            c.pause_unrestored(consumer);
         }
     }
     Ok(())

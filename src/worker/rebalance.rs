@@ -1,85 +1,135 @@
 //! Rebalances: what the worker hands over when partitions are revoked, and how an
-//! assigned partition group is restored from the state topic before it is processed.
+//! assigned partition group is restored (on the restore thread, see [`restore`]) or kept
+//! before it is processed.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::Offset;
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::client::ConsumerCtx;
-use super::state;
+use super::restore::{Handover, Outcome};
 use super::task::{Routing, Task};
 use super::{Core, WorkerError};
 
 impl Core {
-    /// Rebuilds every assigned partition group that is not yet restored.
-    pub(super) fn restore_pending(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<(), WorkerError> {
-        while let Some(p) = self.unrestored.pop_first() {
-            let started = Instant::now();
-            let inputs: Vec<(String, i32)> = self.inputs.iter().map(|t| (t.clone(), p)).collect();
-            let timeout = self.config.transaction_timeout.max(Duration::from_secs(60));
-            let committed = state::committed(consumer, &inputs, &self.config.kafka.group_id, timeout)?;
-            let deadline = Instant::now() + Duration::from_secs(300);
-            let part = match committed.seq {
-                Some(_) => {
-                    state::read_partition(&self.restore_consumer, &self.config.kafka.state_topic, p, deadline, &|| {
-                        false
-                    })?
+    /// Hands every assigned group that is not restored yet to the restore thread, and
+    /// installs the groups it has finished. Never blocks: the poll loop keeps polling
+    /// while groups are restored (their input partitions paused, see [`restore`]).
+    pub(super) fn restore_pending(&mut self) -> Result<(), WorkerError> {
+        let asked: Vec<i32> = self.unrestored.difference(&self.dispatched).copied().collect();
+        for p in asked {
+            let kept = self.parked.get(&p).map(|(_, handover)| handover.clone());
+            self.restorer.request(self.routing(p), kept);
+            self.dispatched.insert(p);
+        }
+        while let Some(done) = self.restorer.try_done() {
+            let p = done.partition;
+            self.dispatched.remove(&p);
+            if !self.unrestored.contains(&p) {
+                continue; // no longer assigned
+            }
+            let task = match done.result? {
+                Outcome::Kept => {
+                    let Some((task, _)) = self.parked.remove(&p) else {
+                        // Not parked after all (cannot happen): rebuild it.
+                        continue;
+                    };
+                    let engine = task.state.pipeline.engine();
+                    info!(
+                        group = p,
+                        touches = engine.live_touches(),
+                        shoppers = engine.shoppers(),
+                        seq = task.state.seq,
+                        took_ms = done.took.as_millis() as u64,
+                        "partition group kept: its state in memory is still the committed one"
+                    );
+                    task
                 }
-                None => state::PartitionState::default(),
+                Outcome::Rebuilt { state, ckpt_seq, state_records, state_bytes } => {
+                    self.parked.remove(&p);
+                    let mut task = Task::new(self.routing(p), *state, ckpt_seq);
+                    // SPEC 8.1: the state was rebuilt under the config in force when it
+                    // was written; from here on this worker's config applies.
+                    let changed = task.state.pipeline.processing().differences(&self.processing);
+                    for (key, was, now) in &changed {
+                        info!(group = p, key = %key, was = %was, now = %now, "config differs from the one this state was written under: the new value applies from now on");
+                    }
+                    if !changed.is_empty() {
+                        task.set_processing(self.processing.clone());
+                    }
+                    task.wake_inputs();
+                    let engine = task.state.pipeline.engine();
+                    info!(
+                        group = p,
+                        events = engine.stats().events_in,
+                        touches = engine.live_touches(),
+                        shoppers = engine.shoppers(),
+                        seq = task.state.seq,
+                        checkpoint_seq = ?task.ckpt_seq,
+                        state_records,
+                        state_bytes,
+                        took_ms = done.took.as_millis() as u64,
+                        "partition group restored"
+                    );
+                    task
+                }
             };
-            let (read_records, read_bytes) = (part.records, part.bytes);
-            let routing = Routing { partition: p, partitioner: self.config.partitioner, partitions: self.partitions };
-            let (restored, ckpt_seq) = state::rebuild(
-                &mut state::KafkaInputs::new(&self.restore_consumer, &inputs),
-                part,
-                &inputs,
-                &self.inputs,
-                &committed,
-                &self.processing,
-                routing,
-                deadline,
-                &|| false,
-            )?;
-            let mut task = Task::new(routing, restored, ckpt_seq);
-            // SPEC 8.1: the state was rebuilt under the config in force when it was
-            // written; from here on this worker's config applies.
-            let changed = task.state.pipeline.processing().differences(&self.processing);
-            for (key, was, now) in &changed {
-                info!(group = p, key = %key, was = %was, now = %now, "config differs from the one this state was written under: the new value applies from now on");
-            }
-            if !changed.is_empty() {
-                task.set_processing(self.processing.clone());
-            }
-            task.wake_inputs();
-            let engine = task.state.pipeline.engine();
-            info!(
-                group = p,
-                events = engine.stats().events_in,
-                touches = engine.live_touches(),
-                shoppers = engine.shoppers(),
-                seq = task.state.seq,
-                checkpoint_seq = ?task.ckpt_seq,
-                state_records = read_records,
-                state_bytes = read_bytes,
-                took_ms = started.elapsed().as_millis() as u64,
-                "partition group restored"
-            );
+            self.unrestored.remove(&p);
             for i in 0..self.inputs.len() {
                 self.last_seen.insert((p, i as u8), Instant::now());
-                if self.stop_at_end {
-                    let ends = consumer
-                        .fetch_watermarks(&self.inputs[i], p, Duration::from_secs(30))
-                        .map_err(WorkerError::kafka("reading end offsets"))?;
-                    self.ends.insert((p, i as u8), ends);
-                }
+            }
+            for (i, end) in done.ends.into_iter().enumerate() {
+                self.ends.insert((p, i as u8), end);
             }
             self.exported.insert(p, task.state.pipeline.engine().stats().clone());
             self.tasks.insert(p, task);
         }
         Ok(())
+    }
+
+    fn routing(&self, p: i32) -> Routing {
+        Routing {
+            partition: p,
+            partitioner: self.config.partitioner,
+            partitions: self.partitions,
+            sources: self.sources,
+        }
+    }
+
+    /// Pauses the input partitions of every group being restored: what they would
+    /// deliver before their state is in would only be held.
+    pub(super) fn pause_unrestored(&mut self, consumer: &BaseConsumer<ConsumerCtx>) {
+        let mut tpl = TopicPartitionList::new();
+        for &p in &self.unrestored {
+            for (i, topic) in self.inputs.iter().enumerate() {
+                if self.paused.insert((p, i as u8)) {
+                    tpl.add_partition(topic, p);
+                }
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.pause(&tpl) {
+                warn!(error = %e, "pausing the partitions of groups being restored failed");
+            }
+        }
+    }
+}
+
+impl Core {
+    /// After the commit that hands every group over: keeps each group's state, with
+    /// what was committed, in case the group comes back (see [`restore`]).
+    fn park(&mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        if !self.config.kafka.exactly_once {
+            return; // at least once: always rebuilt (see [`restore`])
+        }
+        for (p, task) in tasks {
+            let handover = Handover { seq: task.state.seq, positions: task.state.positions.clone() };
+            self.parked.insert(p, (task, handover));
+        }
     }
 }
 
@@ -90,30 +140,39 @@ impl ConsumerContext for ConsumerCtx {
             info!(partitions = tpl.count(), "partitions revoked: committing and handing over");
             core.observe.metrics.rebalance("revoke");
             core.observe.health.set_assigned(false);
-            if let Err(e) = core.commit(consumer, true) {
-                warn!(error = %e, "commit before revocation failed; the next owner redoes the uncommitted part");
-                if e.is_fatal() {
-                    core.fatal = Some(e);
-                } else {
-                    core.abort();
+            // What was taken from the consumer before the rebalance is processed first,
+            // as if each message had been processed when it was taken.
+            match core.run_batch().and_then(|()| core.commit(consumer, true)) {
+                Ok(()) => core.park(),
+                Err(e) => {
+                    warn!(error = %e, "commit before revocation failed; the next owner redoes the uncommitted part");
+                    if e.is_fatal() {
+                        core.fatal = Some(e);
+                    } else {
+                        core.abort();
+                    }
                 }
             }
-            for p in core.tasks.keys() {
-                core.observe.metrics.remove_partition(*p);
+            core.restorer.cancel_all();
+            core.dispatched.clear();
+            let gone: Vec<i32> = core.tasks.keys().chain(core.parked.keys()).copied().collect();
+            for p in gone {
+                core.observe.metrics.remove_partition(p);
             }
             core.tasks.clear();
+            core.checkpointer.cancel();
+            core.away.clear();
             core.exported.clear();
             core.unrestored.clear();
             core.last_seen.clear();
             core.paused.clear();
             core.held.clear();
-            core.held_bytes.clear();
             core.pressed = false;
             core.ends.clear();
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let mut core = self.core.lock();
@@ -121,7 +180,10 @@ impl ConsumerContext for ConsumerCtx {
                 info!(groups = ?groups, "partitions assigned");
                 core.observe.metrics.rebalance("assign");
                 core.observe.health.set_assigned(!groups.is_empty());
+                // Parked groups not given back are someone else's now.
+                core.parked.retain(|p, _| groups.contains(p));
                 core.unrestored.extend(groups);
+                core.pause_unrestored(consumer);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => error!(error = %e, "rebalance error"),

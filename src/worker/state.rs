@@ -31,11 +31,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::forward::Forwarded;
 use super::task::{Routing, TaskState};
 use super::WorkerError;
 use crate::engine::watermark::Watermarks;
@@ -353,12 +354,16 @@ pub fn read_partition(
 
 /// Where a rebuild reads the input messages that the order log names: the group's input
 /// partitions in Kafka, or (in tests and benchmarks) messages held in memory.
+/// One input message for a restore: input index, offset, payload, and the re-key stage's
+/// header when the input is the internal topic.
+pub type InputMessage = (usize, i64, Vec<u8>, Option<Forwarded>);
+
 pub trait InputReader {
     /// Starts reading every input `i` at `from[i]` (`None`: its beginning).
     fn seek(&mut self, from: &[Option<i64>]) -> Result<(), WorkerError>;
     /// The next message of any input, in offset order per input: `(input, offset,
     /// payload)`; `None` when none is there yet.
-    fn next(&mut self) -> Result<Option<(usize, i64, Vec<u8>)>, WorkerError>;
+    fn next(&mut self) -> Result<Option<InputMessage>, WorkerError>;
     /// Stops reading.
     fn release(&mut self) -> Result<(), WorkerError>;
 }
@@ -385,14 +390,14 @@ impl InputReader for MemoryInputs {
         Ok(())
     }
 
-    fn next(&mut self) -> Result<Option<(usize, i64, Vec<u8>)>, WorkerError> {
+    fn next(&mut self) -> Result<Option<InputMessage>, WorkerError> {
         // Round robin, as a consumer interleaves partitions.
         for _ in 0..self.messages.len() {
             let i = self.turn;
             self.turn = (self.turn + 1) % self.messages.len();
             if let Some(m) = self.messages[i].get(self.next[i]) {
                 self.next[i] += 1;
-                return Ok(Some((i, self.next[i] as i64 - 1, m.clone())));
+                return Ok(Some((i, self.next[i] as i64 - 1, m.clone(), None)));
             }
         }
         Ok(None)
@@ -427,7 +432,7 @@ impl<C: ConsumerContext> InputReader for KafkaInputs<'_, C> {
         self.consumer.assign(&tpl).map_err(WorkerError::kafka("assigning inputs for restore"))
     }
 
-    fn next(&mut self) -> Result<Option<(usize, i64, Vec<u8>)>, WorkerError> {
+    fn next(&mut self) -> Result<Option<InputMessage>, WorkerError> {
         match self.consumer.poll(Duration::from_millis(100)) {
             None | Some(Err(KafkaError::PartitionEOF(_))) => Ok(None),
             Some(Err(e)) if !super::is_fatal(&e) => {
@@ -435,10 +440,10 @@ impl<C: ConsumerContext> InputReader for KafkaInputs<'_, C> {
                 Ok(None)
             }
             Some(Err(e)) => Err(WorkerError::kafka("reading inputs for restore")(e)),
-            Some(Ok(msg)) => Ok(self
-                .index
-                .get(&(msg.topic(), msg.partition()))
-                .map(|&j| (j, msg.offset(), msg.payload().unwrap_or_default().to_vec()))),
+            Some(Ok(msg)) => Ok(self.index.get(&(msg.topic(), msg.partition())).map(|&j| {
+                let fwd = msg.headers().and_then(|h| Forwarded::from_headers(h.iter().map(|h| (h.key, h.value))));
+                (j, msg.offset(), msg.payload().unwrap_or_default().to_vec(), fwd)
+            })),
         }
     }
 
@@ -469,7 +474,7 @@ pub fn rebuild(
     let Some(seq) = committed.seq else {
         // Nothing committed by attrib: start empty, reading from the committed offsets
         // (if another tool set them) or the beginning.
-        let mut state = TaskState::new(current.clone(), inputs.len());
+        let mut state = TaskState::new(current.clone(), inputs.len(), routing);
         state.pipeline.engine_mut().track_changes(true);
         state.positions = committed.offsets.clone();
         return Ok((state, None));
@@ -540,7 +545,8 @@ fn replay_steps(
         return Ok(());
     }
     reader.seek(&state.positions)?;
-    let mut buffered: Vec<std::collections::VecDeque<(i64, Vec<u8>)>> = vec![Default::default(); inputs.len()];
+    type Buffered = std::collections::VecDeque<(i64, Vec<u8>, Option<Forwarded>)>;
+    let mut buffered: Vec<Buffered> = vec![Default::default(); inputs.len()];
     for step in steps {
         let Step::Advance { input, until, now_ms } = step else {
             apply_control(state, step);
@@ -549,9 +555,20 @@ fn replay_steps(
         let i = usize::from(input);
         loop {
             match buffered[i].front() {
-                Some((offset, _)) if *offset < until => {
-                    let (offset, payload) = buffered[i].pop_front().expect("front exists");
-                    state.on_message(i, &inputs[i].0, routing, offset, &payload, now_ms, 0, &mut Discard);
+                Some((offset, _, _)) if *offset < until => {
+                    let (offset, payload, fwd) = buffered[i].pop_front().expect("front exists");
+                    state.on_message(
+                        i,
+                        &inputs[i].0,
+                        routing,
+                        offset,
+                        &payload,
+                        fwd.as_ref(),
+                        None,
+                        now_ms,
+                        0,
+                        &mut Discard,
+                    );
                     if offset + 1 >= until {
                         break;
                     }
@@ -570,8 +587,8 @@ fn replay_steps(
                     if cancelled() {
                         return Err(WorkerError::Cancelled);
                     }
-                    if let Some((j, offset, payload)) = reader.next()? {
-                        buffered[j].push_back((offset, payload));
+                    if let Some((j, offset, payload, fwd)) = reader.next()? {
+                        buffered[j].push_back((offset, payload, fwd));
                     }
                 }
             }
@@ -635,7 +652,9 @@ mod tests {
 
     #[test]
     fn a_checkpoint_tombstones_the_log_it_covers() {
-        let mut state = TaskState::new(Processing::default(), 2);
+        let routing =
+            Routing { partition: 0, partitioner: crate::routing::Partitioner::Murmur2, partitions: 1, sources: 0 };
+        let mut state = TaskState::new(Processing::default(), 2, routing);
         state.pipeline.engine_mut().track_changes(true);
         state.seq = 5;
         let items = checkpoint_items(&mut state, &["a".into(), "b".into()], 3);

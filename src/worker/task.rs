@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
-use crate::model::{DeadLetterReason, Millis, SourcePos};
+use super::forward::Forwarded;
+use crate::codec::DecodeError;
+use crate::model::{DeadLetterReason, Event, Millis, SourcePos};
 use crate::pipeline::{Pipeline, Processing, Sink};
 
 pub use super::state::Step;
@@ -23,6 +25,9 @@ pub struct Routing {
     pub partitioner: Partitioner,
     /// Partition count of the inputs.
     pub partitions: i32,
+    /// With `kafka.repartition`: how many source partitions feed the internal topic (the
+    /// group keeps one watermark input per source partition); 0 without.
+    pub sources: u32,
 }
 
 /// The state of one partition group.
@@ -35,14 +40,18 @@ pub struct TaskState {
 }
 
 impl TaskState {
-    /// An empty state over `inputs` inputs.
-    pub fn new(processing: Processing, inputs: usize) -> TaskState {
-        TaskState { pipeline: Pipeline::new(processing, inputs), positions: vec![None; inputs], seq: 0 }
+    /// An empty state over `inputs` inputs, with one watermark input per input, or with
+    /// `routing.sources` of them when repartitioning.
+    pub fn new(processing: Processing, inputs: usize, routing: Routing) -> TaskState {
+        let watermarks = if routing.sources > 0 { routing.sources as usize } else { inputs };
+        TaskState { pipeline: Pipeline::new(processing, watermarks), positions: vec![None; inputs], seq: 0 }
     }
 
     /// Handles one input message at `offset` of input `input` (topic `topic`, partition
     /// `partition`). `now_ms` is the wall clock used for the future-timestamp check (logged,
-    /// so a rebuild decides the same).
+    /// so a rebuild decides the same). `fwd`: the re-key stage's header, when the input is
+    /// the internal topic (`routing.sources > 0`). `decoded`: the payload decoded already
+    /// (on another thread, with this pipeline's limits), or `None` to decode it here.
     #[allow(clippy::too_many_arguments)]
     pub fn on_message<S: Sink + ?Sized>(
         &mut self,
@@ -51,13 +60,43 @@ impl TaskState {
         routing: Routing,
         offset: i64,
         payload: &[u8],
+        fwd: Option<&Forwarded>,
+        decoded: Option<Result<Event, DecodeError>>,
         now_ms: Millis,
         tag: u64,
         out: &mut S,
     ) {
         let partition = routing.partition;
-        let source = || SourcePos::Kafka { topic: topic.to_string(), partition, offset };
-        let decoded = self.pipeline.decode(payload);
+        let mut watermark_input = input;
+        let mut origin = (topic, partition, offset);
+        if routing.sources > 0 {
+            match fwd {
+                Some(Forwarded::Mark { source, max_ts, idle }) if *source < routing.sources => {
+                    self.pipeline.mark(*source as usize, *max_ts, *idle, out);
+                    self.positions[input] = Some(offset + 1);
+                    return;
+                }
+                Some(Forwarded::Event { source, topic, partition, offset }) if *source < routing.sources => {
+                    watermark_input = *source as usize;
+                    origin = (topic.as_str(), *partition, *offset);
+                }
+                _ => {
+                    // Only the re-key stage writes here; anything else is kept, not joined.
+                    let error = format!(
+                        "message on the internal topic without a valid source header (one of {} source partitions)",
+                        routing.sources
+                    );
+                    let source = SourcePos::Kafka { topic: topic.to_string(), partition, offset };
+                    self.pipeline.reject(DeadLetterReason::InvalidEvent, error, source, payload, out);
+                    self.positions[input] = Some(offset + 1);
+                    return;
+                }
+            }
+        }
+        let (source_topic, source_partition, source_offset) = origin;
+        let source =
+            || SourcePos::Kafka { topic: source_topic.to_string(), partition: source_partition, offset: source_offset };
+        let decoded = decoded.unwrap_or_else(|| self.pipeline.decode(payload));
         if let Ok(event) = &decoded {
             let n = routing.partitions;
             let expected = routing.partitioner.partition(event.user_id().as_bytes(), n);
@@ -72,7 +111,7 @@ impl TaskState {
                 return;
             }
         }
-        self.pipeline.on_decoded(input, decoded.as_ref(), payload, source, Some(now_ms), tag, out);
+        self.pipeline.on_decoded(watermark_input, decoded.as_ref(), payload, source, Some(now_ms), tag, out);
         self.positions[input] = Some(offset + 1);
     }
 }
@@ -103,11 +142,13 @@ impl Task {
         topic: &str,
         offset: i64,
         payload: &[u8],
+        fwd: Option<&Forwarded>,
+        decoded: Option<Result<Event, DecodeError>>,
         now_ms: Millis,
         tag: u64,
         out: &mut impl Sink,
     ) {
-        self.state.on_message(input, topic, self.routing, offset, payload, now_ms, tag, out);
+        self.state.on_message(input, topic, self.routing, offset, payload, fwd, decoded, now_ms, tag, out);
         let input = input as u16;
         match self.log.last_mut() {
             Some(Step::Advance { input: last, until, now_ms: at }) if *last == input && *at == now_ms => {
@@ -129,7 +170,7 @@ impl Task {
     /// touches on the other inputs are read. Each goes idle again after `idle_timeout`
     /// with nothing to read.
     pub fn wake_inputs(&mut self) {
-        for i in 0..self.state.positions.len() {
+        for i in 0..self.state.pipeline.watermarks().len() {
             if self.state.pipeline.watermarks().is_idle(i) {
                 self.state.pipeline.set_idle(i, false, &mut crate::pipeline::Discard);
                 self.log.push(Step::Active { input: i as u16 });
@@ -142,5 +183,120 @@ impl Task {
     pub fn set_processing(&mut self, processing: Processing) {
         self.state.pipeline.set_processing(processing.clone());
         self.log.push(Step::Config(Box::new(processing)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::MemorySink;
+
+    const T0: Millis = 1_764_400_000_000;
+
+    fn internal(sources: u32) -> Routing {
+        Routing { partition: 0, partitioner: Partitioner::Murmur2, partitions: 1, sources }
+    }
+
+    fn click(user: &str, ts: Millis) -> String {
+        format!(
+            r#"{{"type":"click","event_id":"k-{user}-{ts}","ts":{ts},"user_id":"{user}","creator_id":"c-1","product_id":"p-1","surface":"link"}}"#
+        )
+    }
+
+    fn purchase(user: &str, ts: Millis) -> String {
+        format!(
+            r#"{{"type":"purchase","event_id":"o-{user}","ts":{ts},"user_id":"{user}","order_id":"ord-{user}","currency":"USD","items":[{{"product_id":"p-1","quantity":1,"unit_price":1000}}]}}"#
+        )
+    }
+
+    fn event(source: u32, topic: &str, offset: i64) -> Forwarded {
+        Forwarded::Event { source, topic: topic.into(), partition: 2, offset }
+    }
+
+    #[test]
+    fn repartitioned_groups_keep_one_watermark_per_source_and_markers_move_it() {
+        let routing = internal(3);
+        let mut state = TaskState::new(Processing::default(), 1, routing);
+        let mut out = MemorySink::default();
+        assert_eq!(state.pipeline.watermarks().len(), 3, "one watermark input per source partition");
+        let mut offset = 0;
+        let mut feed = |state: &mut TaskState, payload: &str, fwd: Forwarded, out: &mut MemorySink| {
+            state.on_message(
+                0,
+                "g-repartition",
+                routing,
+                offset,
+                payload.as_bytes(),
+                Some(&fwd),
+                None,
+                T0 + 86_400_000,
+                0,
+                out,
+            );
+            offset += 1;
+        };
+        feed(&mut state, &click("u", T0), event(0, "clicks", 7), &mut out);
+        feed(&mut state, &purchase("u", T0 + 1000), event(1, "purchases", 3), &mut out);
+        // Source 2 has shown nothing: the purchase waits.
+        assert!(out.records.is_empty());
+        // Its marker (read elsewhere, placed in another partition) moves it, and sources
+        // 0 and 1 report progress through markers too; nothing here counts as an event.
+        let events_in = state.pipeline.engine().stats().events_in;
+        let mark = |source, ts| Forwarded::Mark { source, max_ts: Some(ts), idle: false };
+        feed(&mut state, "", mark(2, T0 + 60_000), &mut out);
+        assert!(out.records.is_empty(), "sources 0 and 1 still hold the watermark at {T0}+1s - 5s");
+        feed(&mut state, "", mark(0, T0 + 60_000), &mut out);
+        feed(&mut state, "", mark(1, T0 + 60_000), &mut out);
+        assert_eq!(out.records.len(), 1, "final once every source passed it");
+        assert_eq!(state.pipeline.engine().stats().events_in, events_in, "markers are not events");
+        assert_eq!(state.positions[0], Some(offset), "markers advance the position");
+    }
+
+    #[test]
+    fn a_last_source_reporting_progress_and_idleness_at_once_still_moves_the_watermark() {
+        let routing = internal(2);
+        let mut state = TaskState::new(Processing::default(), 1, routing);
+        let mut out = MemorySink::default();
+        let now = T0 + 86_400_000;
+        let (c, p) = (click("u", T0 - 1000), purchase("u", T0));
+        state.on_message(0, "g", routing, 0, c.as_bytes(), Some(&event(0, "c", 0)), None, now, 0, &mut out);
+        state.on_message(0, "g", routing, 1, p.as_bytes(), Some(&event(0, "p", 0)), None, now, 0, &mut out);
+        let idle = |source| Forwarded::Mark { source, max_ts: Some(T0 + 60_000), idle: true };
+        state.on_message(0, "g", routing, 2, b"", Some(&idle(1)), None, now, 0, &mut out);
+        assert!(out.records.is_empty(), "source 0 holds it");
+        state.on_message(0, "g", routing, 3, b"", Some(&idle(0)), None, now, 0, &mut out);
+        assert_eq!(out.records.len(), 1, "the last source's progress counts before it goes idle");
+        assert!(state.pipeline.watermarks().is_idle(0) && state.pipeline.watermarks().is_idle(1));
+    }
+
+    #[test]
+    fn forwarded_dead_letters_name_the_input_and_headerless_messages_are_kept_not_joined() {
+        let routing = internal(2);
+        let mut state = TaskState::new(Processing::default(), 1, routing);
+        let mut out = MemorySink::default();
+        state.on_message(
+            0,
+            "g-repartition",
+            routing,
+            0,
+            b"{not json",
+            Some(&event(1, "purchases", 41)),
+            None,
+            T0,
+            0,
+            &mut out,
+        );
+        let c = click("u", T0);
+        state.on_message(0, "g-repartition", routing, 1, c.as_bytes(), None, None, T0, 0, &mut out);
+        let bad_source = Forwarded::Event { source: 9, topic: "x".into(), partition: 0, offset: 0 };
+        state.on_message(0, "g-repartition", routing, 2, c.as_bytes(), Some(&bad_source), None, T0, 0, &mut out);
+        let reasons: Vec<_> = out.dead_letters.iter().map(|d| (d.reason, d.source.clone())).collect();
+        assert_eq!(reasons.len(), 3);
+        assert_eq!(reasons[0].0, DeadLetterReason::InvalidJson);
+        assert_eq!(reasons[0].1, SourcePos::Kafka { topic: "purchases".into(), partition: 2, offset: 41 });
+        assert_eq!(reasons[1].0, DeadLetterReason::InvalidEvent);
+        assert_eq!(reasons[2].0, DeadLetterReason::InvalidEvent);
+        assert_eq!(state.pipeline.engine().live_touches(), 0, "never joined");
+        assert_eq!(state.positions[0], Some(3));
     }
 }

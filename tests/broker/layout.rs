@@ -285,20 +285,26 @@ fn purchases_keyed_by_order_id_are_dead_lettered_as_misrouted_and_never_joined()
 #[test]
 #[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
 fn inputs_with_different_partition_counts_are_refused_naming_them() {
+    // Touches in 4 partitions, purchases and refunds (keyed by order) in 3, without
+    // kafka.repartition.
     let env = Env::new("counts", workload(444));
     let purchases3 = env.topic("purchases3");
+    let refunds3 = env.topic("refunds3");
     create_topic(&purchases3, 3);
+    create_topic(&refunds3, 3);
     // A new topic reaches every client's metadata a moment after it is created.
     let probe: BaseConsumer = client().create().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while probe
-        .fetch_metadata(Some(&purchases3), Duration::from_secs(5))
-        .map_or(true, |md| md.topics().first().is_none_or(|t| t.error().is_some() || t.partitions().len() != 3))
-    {
-        assert!(Instant::now() < deadline, "{purchases3} never appeared in the metadata");
-        std::thread::sleep(Duration::from_millis(100));
+    for t in [&purchases3, &refunds3] {
+        while probe
+            .fetch_metadata(Some(t), Duration::from_secs(5))
+            .map_or(true, |md| md.topics().first().is_none_or(|m| m.error().is_some() || m.partitions().len() != 3))
+        {
+            assert!(Instant::now() < deadline, "{t} never appeared in the metadata");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    let inputs = format!("[{},{},{purchases3},{}]", env.topic("views"), env.topic("clicks"), env.topic("refunds"));
+    let inputs = format!("[{},{},{purchases3},{refunds3}]", env.topic("views"), env.topic("clicks"));
     let started = Instant::now();
     let w = env.start_worker_with("w1", &[("ATTRIB__KAFKA__INPUT_TOPICS", inputs.as_str())], &[]);
     let status = wait_exit(&env, w);
@@ -306,6 +312,8 @@ fn inputs_with_different_partition_counts_are_refused_naming_them() {
     assert!(started.elapsed() < Duration::from_secs(30), "refused at start, not after a timeout");
     let log = env.worker_log("w1");
     assert!(log.contains(&format!("{purchases3} (3 partitions)")), "names the topic and its count\n{log}");
+    assert!(log.contains(&format!("{refunds3} (3 partitions)")), "names the topic and its count\n{log}");
     assert!(log.contains(&format!("{} (4 partitions)", env.topic("views"))), "names the others\n{log}");
-    assert!(log.contains("kafka.repartition"), "points to kafka.repartition\n{log}");
+    assert!(log.contains("kafka.repartition = true"), "points to kafka.repartition\n{log}");
+    assert!(!log.contains("not in this release"), "{log}");
 }

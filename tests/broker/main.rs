@@ -30,6 +30,7 @@ use attrib::replay::{open_files, replay, MemorySink};
 mod layout;
 mod prometheus;
 mod recovery;
+mod repartition;
 mod restate;
 mod secure;
 
@@ -147,6 +148,25 @@ impl Env {
         assert!(status.success(), "attrib produce failed");
     }
 
+    /// Starts producing the workload at `rate` lines per second (then the flush markers);
+    /// wait for the child to know it is done.
+    fn produce_paced(&self, rate: u32) -> Child {
+        let log = std::fs::File::create(self.dir.path().join("producer.log")).unwrap();
+        let child = self
+            .attrib("producer")
+            .arg("produce")
+            .arg("--flush-marker")
+            .arg("--rate")
+            .arg(rate.to_string())
+            .arg(&self.workload)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.borrow_mut().push(child.id());
+        child
+    }
+
     fn start_worker(&self, instance: &str) -> Child {
         self.start_worker_with(instance, &[], &[])
     }
@@ -216,23 +236,52 @@ impl Env {
             if let Offset::Offset(o) = e.offset() {
                 done += o;
             }
-            end += consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10)).unwrap().1;
+            // A freshly created topic can answer "not leader" for a moment: asked again.
+            let mut tries = 0;
+            end += loop {
+                match consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(err) if tries < 50 => {
+                        tries += 1;
+                        eprintln!("watermarks of {}[{}]: {err}; asking again", e.topic(), e.partition());
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(err) => panic!("watermarks of {}[{}]: {err}", e.topic(), e.partition()),
+                }
+            };
         }
         (done, end)
     }
 
+    /// Waits until worker `instance`'s log holds a line containing `text`.
+    fn wait_log(&self, instance: &str, text: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.worker_log(instance).contains(text) {
+            assert!(start.elapsed() < limit, "no {text:?} in {instance}'s log after {limit:?}\n{}", self.logs_tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the group has committed at least `fraction` of all input messages.
     fn wait_progress(&self, fraction: f64, limit: Duration) {
+        self.wait_committed(&format!("{fraction} of the input"), limit, |done, end| {
+            end > 0 && done as f64 >= fraction * end as f64
+        });
+    }
+
+    /// Waits until `reached(committed, end)` over the sums of the group's committed input
+    /// offsets and of the input end offsets.
+    fn wait_committed(&self, what: &str, limit: Duration, reached: impl Fn(i64, i64) -> bool) {
         let consumer: BaseConsumer = client().set("group.id", self.topic("group")).create().unwrap();
         let start = Instant::now();
         loop {
             let (done, end) = self.progress(&consumer);
-            if end > 0 && done as f64 >= fraction * end as f64 {
+            if reached(done, end) {
                 return;
             }
             assert!(
                 start.elapsed() < limit,
-                "no progress to {fraction}: {done} of {end} after {limit:?}\n{}",
+                "no progress to {what}: {done} of {end} after {limit:?}\n{}",
                 self.logs_tail()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -486,36 +535,48 @@ fn worker_killed_three_times_output_equals_replay() {
         println!("killed the worker at >= {:.0}% committed (round {})", fraction * 100.0, round + 1);
     }
     let worker = env.start_worker("w1");
+    // The killed worker may have committed everything already: wait for the restore too,
+    // or a stop could come before the restarted worker has restored anything.
+    env.wait_log("w1", "partition group restored", LIMIT);
     env.wait_progress(1.0, LIMIT);
     let status = stop(worker, Duration::from_secs(30));
     assert!(status.success(), "worker exit: {status}\n{}", env.worker_log("w1"));
-    let log = env.worker_log("w1");
-    assert!(log.contains("partition group restored"), "restarted worker restored its state");
     env.assert_output_equals_replay();
 }
 
 #[test]
 #[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
 fn three_workers_with_one_added_and_one_killed_output_equals_replay() {
-    let env = Env::new("group", workload(303));
-    env.produce(&[&env.workload]);
+    // The input arrives while the workers run (600,000 lines at 50,000/s, about 12 s), so
+    // each membership change lands while there is work to move: a worker catches up with
+    // a produced backlog faster than a rebalance completes.
+    let lines = events() * 3;
+    let env = Env::new("group", GenOptions { events: lines, ..workload(303) });
+    let mut producer = env.produce_paced(50_000);
     let a = env.start_worker("wa");
     let b = env.start_worker("wb");
-    env.wait_progress(0.3, LIMIT);
+    let committed = |share: f64| move |done: i64, _| done as f64 >= share * lines as f64;
+    env.wait_committed("20 % of the lines", LIMIT, committed(0.2));
     let c = env.start_worker("wc");
-    env.wait_progress(0.6, LIMIT);
+    env.wait_log("wc", "partitions assigned", LIMIT);
+    env.wait_committed("40 % of the lines", LIMIT, committed(0.4));
     sigkill(b);
+    assert!(producer.wait().unwrap().success(), "attrib produce failed\n{}", env.logs_tail());
     env.wait_progress(1.0, LIMIT);
     for (name, w) in [("wa", a), ("wc", c)] {
         let status = stop(w, Duration::from_secs(30));
         assert!(status.success(), "{name} exit: {status}\n{}", env.worker_log(name));
     }
-    // State moved between workers: some worker restored a group that had been processed.
-    let moved = ["wa", "wc"]
-        .iter()
-        .any(|n| env.worker_log(n).lines().any(|l| l.contains("restored") && !l.contains("events=0")));
-    assert!(moved, "a partition group changed hands with its state\n{}", env.logs_tail());
     env.assert_output_equals_replay();
+    // State moved between workers: some worker restored a group that had been processed,
+    // from state records (a checkpoint, such as the one written at revocation) or by
+    // replaying logged input.
+    let moved = ["wa", "wc"].iter().any(|n| {
+        env.worker_log(n).lines().any(|l| {
+            l.contains("partition group restored") && !(l.contains("events=0 ") && l.contains("state_records=0 "))
+        })
+    });
+    assert!(moved, "a partition group changed hands with its state\n{}", env.logs_tail());
 }
 
 #[test]

@@ -38,9 +38,14 @@ fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 /// The `events=` of every `partition group restored` line of a log.
 fn restored_events(log: &str) -> Vec<u64> {
+    restored_field(log, "events=")
+}
+
+/// The number after `field` (such as `events=`) in every `partition group restored` line.
+fn restored_field(log: &str, field: &str) -> Vec<u64> {
     log.lines()
         .filter(|l| l.contains("partition group restored"))
-        .filter_map(|l| l.split("events=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| l.split(field).nth(1)?.split_whitespace().next()?.parse().ok())
         .collect()
 }
 
@@ -339,4 +344,89 @@ fn state_written_by_layout_1_is_refused_naming_the_layout_and_the_way_out() {
         assert_eq!(e.metadata(), "snap=1;seq=1", "{}[0] keeps layout 1's commit", e.topic());
     }
     println!("layout 1 refused in {:.1} s: {error}", took.as_secs_f64());
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn a_worker_joining_moves_groups_without_the_other_reloading_the_ones_it_keeps() {
+    // One worker processes part of the input, a second joins: the rebalance revokes all
+    // four groups from the first (the eager `range` protocol) and gives it two back. Those
+    // two are kept in memory (their committed offsets, log sequence and state partition
+    // are what it left), never rebuilt; only the two that move are restored, by the new
+    // worker, with their state.
+    let env = Env::new("keep", workload(808));
+    env.produce(&[&env.workload]);
+    let a = env.start_worker("wa");
+    env.wait_progress(0.3, LIMIT);
+    let b = env.start_worker("wb");
+    // Both settled: the second has its groups, the first has its other two back (four
+    // restored at the start, then two kept or rebuilt).
+    let settled = || {
+        log_lines(&env, "wb", "partition group restored") > 0
+            && log_lines(&env, "wa", "partition group kept") + log_lines(&env, "wa", "partition group restored") >= 6
+    };
+    assert!(poll_until(LIMIT, settled), "the rebalance settled\n{}", env.logs_tail());
+    env.wait_progress(1.0, LIMIT);
+    for (name, w) in [("wa", a), ("wb", b)] {
+        let status = stop(w, Duration::from_secs(30));
+        assert!(status.success(), "{name} exit: {status}\n{}", env.worker_log(name));
+    }
+    let (wa, wb) = (env.worker_log("wa"), env.worker_log("wb"));
+    assert!(log_lines(&env, "wa", "partition group kept") >= 2, "the first worker kept what it still owns\n{wa}");
+    assert!(
+        restored_events(&wa).iter().all(|&e| e == 0),
+        "the first worker rebuilt nothing it had processed: {:?}\n{wa}",
+        restored_events(&wa)
+    );
+    assert!(
+        restored_events(&wb).iter().any(|&e| e > 0),
+        "the groups that moved came with their state: {:?}\n{wb}",
+        restored_events(&wb)
+    );
+    env.assert_output_equals_replay();
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; cargo test --release --test broker -- --ignored"]
+fn restores_longer_than_max_poll_interval_do_not_evict_the_worker() {
+    // A worker with checkpoints an hour apart commits 600,000 events as order-log entries
+    // over its first checkpoint, and is killed: the next one rebuilds every group by
+    // replaying them, for longer in all than its max.poll.interval.ms (3 s, with a 3 s
+    // session: librdkafka wants the interval at least the session timeout, and
+    // scripts/kafka.sh lets sessions go down to 1 s). Restores run on the restore thread
+    // while the poll thread keeps polling, so the worker is never evicted for not
+    // polling: it joins once and the output equals replay.
+    let env = Env::new("longrestore", GenOptions { events: events() * 3, ..workload(1111) });
+    env.produce(&[&env.workload]);
+    let hour = [("ATTRIB__KAFKA__SNAPSHOT_INTERVAL", "1h")];
+    let first = env.start_worker_with("w1", &hour, &[]);
+    env.wait_progress(1.0, LIMIT);
+    sigkill(first);
+    let second = env.start_worker_with(
+        "w2",
+        &[
+            hour[0],
+            ("ATTRIB__KAFKA__SESSION_TIMEOUT", "3s"),
+            // Every client of the worker gets [kafka.client], and librdkafka checks the
+            // pair in each consumer (the restore consumer's session default is 45 s);
+            // heartbeats well inside the session.
+            ("ATTRIB__KAFKA__CLIENT__SESSION_TIMEOUT_MS", "3000"),
+            ("ATTRIB__KAFKA__CLIENT__HEARTBEAT_INTERVAL_MS", "500"),
+            ("ATTRIB__KAFKA__CLIENT__MAX_POLL_INTERVAL_MS", "3000"),
+        ],
+        &["--stop-at-end"],
+    );
+    let status = wait_exit(&env, second);
+    let log = env.worker_log("w2");
+    assert!(status.success(), "w2 exit: {status}\n{log}");
+    let restored = restored_events(&log);
+    let took: u64 = restored_field(&log, "took_ms=").iter().sum();
+    assert!(
+        restored.iter().sum::<u64>() > events() * 2,
+        "the groups were rebuilt by replaying the logged input: {restored:?}\n{log}"
+    );
+    assert!(took > 3000, "the restores took {took} ms, not longer than max.poll.interval.ms: the test shows nothing");
+    assert!(!log.contains("maximum poll interval"), "evicted for not polling\n{log}");
+    assert_eq!(log_lines(&env, "w2", "partitions assigned"), 1, "one assignment, no rejoin\n{log}");
+    env.assert_output_equals_replay();
 }

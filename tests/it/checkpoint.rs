@@ -260,7 +260,7 @@ mod recovery {
     const INPUTS: usize = 4;
     /// Far ahead of every event: no future-timestamp dead letters.
     const FAR: i64 = 4_000_000_000_000;
-    const ROUTING: Routing = Routing { partition: 0, partitioner: Partitioner::Murmur2, partitions: 1 };
+    const ROUTING: Routing = Routing { partition: 0, partitioner: Partitioner::Murmur2, partitions: 1, sources: 0 };
 
     #[derive(Clone, Debug)]
     enum Act {
@@ -362,7 +362,7 @@ mod recovery {
                 Act::Message { now_ms } => {
                     let (input, offset) = at[line];
                     let topic_name = format!("in{input}");
-                    task.on_message(input, &topic_name, offset, &lines[line].1, now_ms, 0, &mut open);
+                    task.on_message(input, &topic_name, offset, &lines[line].1, None, None, now_ms, 0, &mut open);
                     line += 1;
                 }
                 Act::Idle(input) => task.set_idle(input, &mut open),
