@@ -609,6 +609,28 @@ fn event_id_repeated_across_types_is_a_duplicate() {
     pinned(vec![click("k1", t - HOUR, "c0"), purchase("k1", t, "o")]).unwrap();
 }
 
+/// README decision: a `time_decay` touch about 31 half-lives old weighs 0. Next to a
+/// touch that still weighs something, its creator is credited with weight 0 and share 0
+/// (a record, as every credited creator has one); the model agrees.
+#[test]
+fn time_decay_credits_a_fully_decayed_touch_with_weight_zero() {
+    let t = BASE + 8 * DAY;
+    let w = Workload {
+        cfg: Cfg { model: Model::TimeDecay, half_life: HOUR, ..small_cfg() },
+        events: [click("k1", t - 40 * HOUR, "c0"), click("k2", t - HOUR, "c1"), purchase("p1", t, "o")]
+            .into_iter()
+            .map(|e| (e.clone(), e.to_json(false)))
+            .collect(),
+        noise: Vec::new(),
+    };
+    let seq: Vec<(i64, String)> = w.events.iter().map(|(e, l)| (e.ts(), l.clone())).collect();
+    let (sink, summary) = replay(&w, &[text(&seq)]);
+    check(&sink, &summary, &w.expected(), 0, seq.len()).unwrap();
+    let got: Vec<(&str, u64, u64, i64)> =
+        sink.records.iter().map(|r| (&*r.creator_id, r.weight, r.total_weight, r.share_minor)).collect();
+    assert_eq!(got, [("c0", 0, 500_000_000, 0), ("c1", 500_000_000, 500_000_000, 1998)]);
+}
+
 /// SPEC 8.2: every lock record equals its commission plus every reversal written before
 /// it (amounts and units), and no reversal of that commission follows it.
 fn locks_add_up(records: &[Record]) -> Result<usize, TestCaseError> {
