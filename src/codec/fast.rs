@@ -360,7 +360,8 @@ pub(super) fn decode(raw: &[u8], limits: &DecodeLimits) -> Option<Event> {
     if limits.max_depth < 3 || raw.len() < 8 {
         return None;
     }
-    let text = std::str::from_utf8(raw).ok()?;
+    // simdutf8: the same answer as `std::str::from_utf8`, 16-32 bytes per step.
+    let text = simdutf8::basic::from_utf8(raw).ok()?;
     let mut p = Parser { text, b: raw, i: 0 };
     let mut f: [Option<V<'_>>; 11] = [None; 11];
     // Cleared only for an event with items: 64 slots are most of the set-up otherwise.

@@ -6,12 +6,15 @@ use hashbrown::HashTable;
 
 use crate::model::Str;
 
-/// The hasher of every engine table: fixed seeds, so runs are repeatable (the order of
-/// hash tables never reaches the output either way).
+/// The hasher of every engine table: a fixed seed, so runs are repeatable (the order of
+/// hash tables never reaches the output either way, and no hash is stored in a
+/// checkpoint). foldhash rather than ahash, which without AES-NI (a portable build does
+/// not get it) takes its slower fallback: replay ran 1 % fewer instructions (BENCHMARKS,
+/// issue 10).
 pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
-    const SEEDS: ahash::RandomState =
-        ahash::RandomState::with_seeds(0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344);
-    SEEDS.hash_one(bytes)
+    use std::hash::BuildHasher;
+    const SEED: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3);
+    SEED.hash_one(bytes)
 }
 
 #[derive(Clone, Debug)]

@@ -8,6 +8,10 @@
 /// creators by their first credited touch, so that is the spec's tie-break). Returns
 /// `None` when the weights sum to zero (nothing to split by).
 pub fn split_largest_remainder(gross: i64, weights: &[u64]) -> Option<Vec<i64>> {
+    // One creator (last and first touch, always): the whole gross, no remainders to rank.
+    if let &[w] = weights {
+        return (w > 0).then(|| vec![gross]);
+    }
     split_core(gross, weights, Rank::Leftover).map(|(shares, _, _)| shares)
 }
 
