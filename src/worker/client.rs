@@ -361,11 +361,33 @@ pub(super) fn claim_transactional_id(base: &str) -> Result<(String, std::fs::Fil
     Err(WorkerError::Setup("no free transactional id slot on this host (kafka.transactional_id)".into()))
 }
 
+/// The transactional ids of the worker's producers: `kafka.transactional_id` and
+/// `<kafka.transactional_id>.b`, used in turn, one transaction each; `None` (one producer)
+/// without transactions.
+///
+/// Why two: once a transaction is committed the broker still writes its commit markers,
+/// and until they are written the next transaction of the same id cannot add partitions
+/// (`CONCURRENT_TRANSACTIONS`, which librdkafka retries after 20 ms). That wait was in
+/// most commits and set the exactly-once latency; the other id's last transaction
+/// finished a whole commit earlier. Only one transaction is ever open, so commits stay in
+/// order and an abort has one transaction to abort. A restarted worker initialises both
+/// ids, fencing both of its predecessor's producers (the suffix ends in a letter, so it
+/// never equals another worker's automatic `<group>-<host>-<slot>` id).
+pub(super) fn producer_ids(config: &Config) -> Vec<Option<String>> {
+    if config.kafka.exactly_once {
+        let id = &config.kafka.transactional_id;
+        vec![Some(id.clone()), Some(format!("{id}.b"))]
+    } else {
+        vec![None]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rdkafka::statistics::Partition;
 
-    use super::consumer_lag;
+    use super::{consumer_lag, producer_ids};
+    use crate::config::Config;
 
     /// librdkafka's "no offset" (`RD_KAFKA_OFFSET_INVALID`).
     const INVALID: i64 = -1001;
@@ -398,5 +420,15 @@ mod tests {
     fn consumer_lag_is_unknown_without_a_position_or_an_end() {
         assert_eq!(consumer_lag(&part(INVALID, INVALID, 1000, 1000)), None);
         assert_eq!(consumer_lag(&part(10, INVALID, INVALID, INVALID)), None);
+    }
+
+    #[test]
+    fn exactly_once_alternates_two_transactional_ids_and_at_least_once_has_none() {
+        let mut c = Config::default();
+        c.kafka.exactly_once = true;
+        c.kafka.transactional_id = "g-host-0".into();
+        assert_eq!(producer_ids(&c), [Some("g-host-0".to_string()), Some("g-host-0.b".to_string())]);
+        c.kafka.exactly_once = false;
+        assert_eq!(producer_ids(&c), [None]);
     }
 }

@@ -180,7 +180,12 @@ struct Clock {
 struct Core {
     config: Config,
     inputs: Vec<String>,
-    producer: BaseProducer<ProducerCtx>,
+    /// The transactional producers, used in turn (one without transactions): a
+    /// transaction begins on the one after the producer that committed the last, whose
+    /// markers the broker may still be writing (see [`client::producer_ids`]).
+    producers: Vec<BaseProducer<ProducerCtx>>,
+    /// The producer of the open (or committing) transaction.
+    active: usize,
     tasks: Map<i32, Task>,
     /// Last message time per (group, input), for idleness.
     last_seen: Map<(i32, u8), Instant>,
@@ -265,6 +270,11 @@ struct Core {
 }
 
 impl Core {
+    /// The producer of the open (or committing) transaction.
+    fn producer(&self) -> &BaseProducer<ProducerCtx> {
+        &self.producers[self.active]
+    }
+
     fn stamp(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -318,7 +328,8 @@ impl Core {
     fn outlet(&mut self, received: u64) -> (&mut Map<i32, Task>, LiveOut<'_>, &mut u64) {
         let Core {
             tasks,
-            producer,
+            producers,
+            active,
             deferred,
             closing,
             epoch_slot,
@@ -330,6 +341,7 @@ impl Core {
             ..
         } = self;
         let route = Route::new(config.kafka.exactly_once, closing.is_some(), deferred, *epoch_slot);
+        let producer = &producers[*active];
         (tasks, LiveOut::new(producer, route, config, received, open_stamps, hold, dead_letters), records)
     }
 }
@@ -381,31 +393,37 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
         "starting worker"
     );
     let epoch = Instant::now();
-    let mut pc = client_config(&config);
-    // State records (one shopper's touches and orders) can outgrow the 1 MB default.
-    pc.set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.max.bytes", STATE_MESSAGE_BYTES.to_string());
-    if config.kafka.exactly_once {
-        pc.set("transactional.id", &config.kafka.transactional_id)
-            .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string());
-    } else {
-        warn!("kafka.exactly_once = false: no transactions; a crash may repeat records (at least once)");
+    let mut producers = Vec::new();
+    for id in client::producer_ids(&config) {
+        let mut pc = client_config(&config);
+        // State records (one shopper's touches and orders) can outgrow the 1 MB default.
+        pc.set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", STATE_MESSAGE_BYTES.to_string());
+        if let Some(id) = &id {
+            pc.set("transactional.id", id)
+                .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string());
+        }
+        let producer: BaseProducer<ProducerCtx> = with_user_settings(pc, &config)
+            .create_with_context(ProducerCtx {
+                failures: Mutex::default(),
+                epoch,
+                latency: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
+                metrics: observe.metrics.clone(),
+                sent: Default::default(),
+                delivered: Default::default(),
+            })
+            .map_err(WorkerError::kafka("creating the producer"))?;
+        if id.is_some() {
+            // Fences a predecessor with this id and aborts what it left open.
+            producer
+                .init_transactions(config.transaction_timeout)
+                .map_err(WorkerError::kafka("initialising transactions"))?;
+        }
+        producers.push(producer);
     }
-    let producer: BaseProducer<ProducerCtx> = with_user_settings(pc, &config)
-        .create_with_context(ProducerCtx {
-            failures: Mutex::default(),
-            epoch,
-            latency: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
-            metrics: observe.metrics.clone(),
-            sent: Default::default(),
-            delivered: Default::default(),
-        })
-        .map_err(WorkerError::kafka("creating the producer"))?;
-    if config.kafka.exactly_once {
-        producer
-            .init_transactions(config.transaction_timeout)
-            .map_err(WorkerError::kafka("initialising transactions"))?;
+    if !config.kafka.exactly_once {
+        warn!("kafka.exactly_once = false: no transactions; a crash may repeat records (at least once)");
     }
     observe.health.set_producer_ready(true);
 
@@ -414,7 +432,8 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     let core = Arc::new(parking_lot::Mutex::new(Core {
         inputs: joined.clone(),
         config: config.clone(),
-        producer,
+        producers,
+        active: 0,
         tasks: Map::default(),
         last_seen: Map::default(),
         unrestored: BTreeSet::new(),
@@ -551,8 +570,8 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Re
     }
     let pct = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
     if !c.config.kafka.exactly_once {
-        let _ = c.producer.flush(c.config.transaction_timeout);
-        let delivered = c.producer.context().latency.lock().expect("not poisoned").clone();
+        let _ = c.producer().flush(c.config.transaction_timeout);
+        let delivered = c.producer().context().latency.lock().expect("not poisoned").clone();
         c.latency = delivered;
     }
     info!(

@@ -134,6 +134,15 @@ impl Core {
 }
 
 impl ConsumerContext for ConsumerCtx {
+    /// Without transactions the offsets are committed asynchronously between rebalances
+    /// (`Core::advance_commit`); a failed commit is only logged: the next one covers it,
+    /// and until then a restart re-reads a little more (at least once).
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            warn!(error = %e, "committing input offsets failed; the next commit covers them");
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut core = self.core.lock();

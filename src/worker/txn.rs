@@ -43,12 +43,12 @@ impl Core {
             if self.config.kafka.exactly_once {
                 if self.abort_pending {
                     // A previous abort timed out: librdkafka wants it called again first.
-                    self.producer
+                    self.producer()
                         .abort_transaction(self.config.transaction_timeout)
                         .map_err(WorkerError::kafka("finishing an earlier abort"))?;
                     self.abort_pending = false;
                 }
-                self.producer.begin_transaction().map_err(WorkerError::kafka("beginning a transaction"))?;
+                self.producer().begin_transaction().map_err(WorkerError::kafka("beginning a transaction"))?;
             }
             self.in_txn = true;
         }
@@ -57,7 +57,7 @@ impl Core {
 
     /// Delivery failures reported since the last look, as an error.
     fn take_failures(&self) -> Result<(), WorkerError> {
-        let failures = std::mem::take(&mut *self.producer.context().failures.lock().expect("not poisoned"));
+        let failures = std::mem::take(&mut *self.producer().context().failures.lock().expect("not poisoned"));
         match failures.first() {
             Some(first) => Err(WorkerError::Setup(format!("{} message(s) not delivered: {first}", failures.len()))),
             None => Ok(()),
@@ -70,14 +70,14 @@ impl Core {
     fn delivered(&mut self, wait: bool, slot: Option<usize>) -> Result<bool, WorkerError> {
         if wait {
             let blocked = Instant::now();
-            let flushed = self.producer.flush(self.config.transaction_timeout);
+            let flushed = self.producer().flush(self.config.transaction_timeout);
             self.commit_phases[1] += blocked.elapsed();
             flushed.map_err(WorkerError::kafka("flushing the transaction"))?;
         } else {
             self.serve_deliveries();
             let done = match slot {
-                Some(slot) => self.producer.context().all_delivered(slot),
-                None => self.producer.in_flight_count() == 0,
+                Some(slot) => self.producer().context().all_delivered(slot),
+                None => self.producer().in_flight_count() == 0,
             };
             if !done {
                 return Ok(false);
@@ -92,9 +92,9 @@ impl Core {
     /// commit in progress waits for them.
     pub(super) fn serve_deliveries(&self) {
         for _ in 0..1024 {
-            let before = self.producer.in_flight_count();
-            self.producer.poll(Duration::ZERO);
-            if before == 0 || self.producer.in_flight_count() == before {
+            let before = self.producer().in_flight_count();
+            self.producer().poll(Duration::ZERO);
+            if before == 0 || self.producer().in_flight_count() == before {
                 break;
             }
         }
@@ -197,7 +197,7 @@ impl Core {
     fn send_state_items(&self, items: &[(i32, StateItem)], opaque: usize) -> Result<(), WorkerError> {
         let topic = &self.config.kafka.state_topic;
         for (p, item) in items {
-            send_state(&self.producer, topic, *p, &item.key, item.value.as_deref(), opaque)?;
+            send_state(self.producer(), topic, *p, &item.key, item.value.as_deref(), opaque)?;
         }
         Ok(())
     }
@@ -239,13 +239,19 @@ impl Core {
         if self.config.kafka.exactly_once {
             let cgm =
                 consumer.group_metadata().ok_or_else(|| WorkerError::Setup("no consumer group metadata".into()))?;
-            self.producer
+            self.producer()
                 .send_offsets_to_transaction(&closing.offsets, &cgm, timeout)
                 .map_err(WorkerError::kafka("sending offsets to the transaction"))?;
-            self.producer.commit_transaction(timeout).map_err(WorkerError::kafka("committing the transaction"))?;
+            self.producer().commit_transaction(timeout).map_err(WorkerError::kafka("committing the transaction"))?;
+            // The next transaction goes to the other producer (see `producer_ids`).
+            self.active = (self.active + 1) % self.producers.len();
         } else if closing.offsets.count() > 0 {
-            // Everything above is delivered (no failures): now the offsets.
-            consumer.commit(&closing.offsets, CommitMode::Sync).map_err(WorkerError::kafka("committing offsets"))?;
+            // Everything above is delivered (no failures): now the offsets. Asynchronously
+            // while processing goes on (a blocking commit held the poll thread for a round
+            // trip to the group coordinator every commit); a blocking commit for a
+            // hand-over or shutdown (`wait`), whose offsets the next owner reads.
+            let mode = if wait { CommitMode::Sync } else { CommitMode::Async };
+            consumer.commit(&closing.offsets, mode).map_err(WorkerError::kafka("committing offsets"))?;
         }
         self.commit_phases[2] += phase.elapsed();
         self.in_txn = false;
@@ -274,7 +280,7 @@ impl Core {
         // What was processed meanwhile opens the next transaction.
         if std::mem::take(&mut self.worked_while_closing) || !self.deferred.is_empty() {
             self.ensure_txn()?;
-            self.deferred.send_all(&self.producer, &self.config);
+            self.deferred.send_all(&self.producers[self.active], &self.config);
         }
         Ok(true)
     }
@@ -336,12 +342,12 @@ impl Core {
             // What the aborted transaction still holds is discarded anyway: drop what was
             // not sent, and serve the delivery reports of what was (librdkafka's abort
             // waits for them, and only the application's poll delivers them).
-            self.producer.purge(PurgeConfig::default().queue());
+            self.producer().purge(PurgeConfig::default().queue());
             let deadline = Instant::now() + self.config.transaction_timeout;
-            while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-                self.producer.poll(Duration::from_millis(20));
+            while self.producer().in_flight_count() > 0 && Instant::now() < deadline {
+                self.producer().poll(Duration::from_millis(20));
             }
-            match self.producer.abort_transaction(self.config.transaction_timeout) {
+            match self.producer().abort_transaction(self.config.transaction_timeout) {
                 Ok(()) => self.abort_pending = false,
                 Err(e) => {
                     error!(error = %e, "aborting the transaction failed");
@@ -357,7 +363,7 @@ impl Core {
         self.in_txn = false;
         // Failures of the aborted transaction's messages (purged ones included) are not
         // the next transaction's.
-        self.producer.context().failures.lock().expect("not poisoned").clear();
+        self.producer().context().failures.lock().expect("not poisoned").clear();
         let groups: Vec<i32> = self.tasks.keys().copied().collect();
         self.unrestored.extend(groups);
         self.tasks.clear();
