@@ -135,11 +135,12 @@ impl Core {
 
 impl ConsumerContext for ConsumerCtx {
     /// Without transactions the offsets are committed asynchronously between rebalances
-    /// (`Core::advance_commit`); a failed commit is only logged: the next one covers it,
-    /// and until then a restart re-reads a little more (at least once).
+    /// (`Core::advance_commit`): a failed commit is only logged here; the next one covers
+    /// it, and until then a restart re-reads a little more (at least once). librdkafka
+    /// reports blocking commits here too; their failure is also returned to the caller.
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(e) = result {
-            warn!(error = %e, "committing input offsets failed; the next commit covers them");
+            warn!(error = %e, "committing input offsets failed");
         }
     }
 
